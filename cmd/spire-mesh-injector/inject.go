@@ -1,0 +1,53 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
+	"github.com/spire-mesh-injector/spire-mesh-injector/preview"
+)
+
+func runInject(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("inject", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	file := fs.String("f", "", "manifest file to read (YAML or JSON, multi-document, kind: List); - reads standard input")
+	configPath := fs.String("config", "", "configuration file (default: the built-in configuration, ZTWIM on OpenShift)")
+	namespace := fs.String("namespace", "default", "namespace assumed for objects that name none")
+	registrations := fs.Bool("registrations", false, "also print the ClusterSPIFFEIDs that admission would ensure")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: spire-mesh-injector inject -f FILE|- [flags]\n\n"+
+			"Prints the manifests with every workload's pod template mutated as the webhook would mutate it,\n"+
+			"as if the namespace were opted in (a pod's %s=%s label still wins).\n\nFlags:\n", "spire-injection", "disabled")
+		fs.PrintDefaults()
+	}
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *file == "" {
+		fmt.Fprintln(stderr, "flag -f is required: a manifest file, or - for standard input")
+		fs.Usage()
+		return errUsage
+	}
+	cfg, err := config.Load(*configPath)
+	if err != nil {
+		return err
+	}
+	in := stdin
+	if *file != "-" {
+		f, err := os.Open(*file)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		in = f
+	}
+	err = preview.Inject(in, stdout, mutators.NewChain(cfg), preview.Options{Namespace: *namespace, Registrations: *registrations})
+	if err != nil && *file != "-" {
+		return fmt.Errorf("%s: %w", *file, err)
+	}
+	return err
+}

@@ -1,0 +1,130 @@
+package mutators_test
+
+import (
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	gjsonpatch "gomodules.xyz/jsonpatch/v2"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"sigs.k8s.io/yaml"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
+	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/podtest"
+	"github.com/spire-mesh-injector/spire-mesh-injector/webhook"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files from the current output")
+
+// requestNamespace is the namespace of the admission request for fixtures whose pod names none.
+const requestNamespace = "shop"
+
+// TestGolden runs every testdata/<case>.yaml pod through the chain and the patch builder, applies
+// the patch to the pod's JSON as the API server would, and compares the result with
+// <case>.golden.yaml. For every case it also checks the patch against the generic diff (both must
+// give the same pod) and that a second run changes nothing.
+func TestGolden(t *testing.T) {
+	chain := mutators.NewChain(podtest.Config(t))
+	inputs, err := filepath.Glob("testdata/*.yaml")
+	require.NoError(t, err)
+	var cases int
+	for _, in := range inputs {
+		if strings.HasSuffix(in, ".golden.yaml") {
+			continue
+		}
+		cases++
+		name := strings.TrimSuffix(filepath.Base(in), ".yaml")
+		t.Run(name, func(t *testing.T) {
+			js, pod := podtest.Load(t, in)
+			ns := pod.Namespace
+			if ns == "" {
+				ns = requestNamespace
+			}
+			orig := pod.DeepCopy()
+			_, err := chain.Run(pod, mutators.Request{Namespace: ns})
+			require.NoError(t, err)
+			ops, err := webhook.Patch(orig, pod)
+			require.NoError(t, err)
+			patched := podtest.Apply(t, js, ops)
+
+			got := podtest.Decode(t, patched)
+			require.True(t, equality.Semantic.DeepEqual(pod, got), "patch applied to the input differs from the mutated pod:\n%s", cmp.Diff(pod, got))
+
+			// Oracle: the generic whole-pod diff gives the same pod.
+			origJS, err := json.Marshal(orig)
+			require.NoError(t, err)
+			mutJS, err := json.Marshal(pod)
+			require.NoError(t, err)
+			generic, err := gjsonpatch.CreatePatch(origJS, mutJS)
+			require.NoError(t, err)
+			viaGeneric := podtest.Decode(t, podtest.Apply(t, origJS, generic))
+			require.True(t, equality.Semantic.DeepEqual(got, viaGeneric), "generic diff disagrees:\n%s", cmp.Diff(viaGeneric, got))
+
+			// Idempotent: the webhook reinvoked on its own output changes nothing.
+			again := got.DeepCopy()
+			_, err = chain.Run(again, mutators.Request{Namespace: ns})
+			require.NoError(t, err)
+			ops2, err := webhook.Patch(got, again)
+			require.NoError(t, err)
+			require.Empty(t, ops2, "second run changed the pod")
+
+			out, err := yaml.JSONToYAML(patched)
+			require.NoError(t, err)
+			golden := strings.TrimSuffix(in, ".yaml") + ".golden.yaml"
+			if *update {
+				require.NoError(t, os.WriteFile(golden, out, 0o644))
+			}
+			want, err := os.ReadFile(golden)
+			require.NoError(t, err, "run go test ./mutators -update to create it")
+			assert.Equal(t, string(want), string(out), "golden file %s differs; if the change is intended, run go test ./mutators -update", golden)
+		})
+	}
+	require.GreaterOrEqual(t, cases, 10)
+}
+
+// TestConvergesWhateverTheOrder checks that the webhook's result depends only on the pod's final
+// shape: a pod wired as a plain workload before Istio's injector (here its stand-in) added a proxy
+// ends up exactly as a pod Istio injected first, once the webhook is reinvoked.
+func TestConvergesWhateverTheOrder(t *testing.T) {
+	chain := mutators.NewChain(podtest.Config(t))
+	ours := func(p *corev1.Pod) *corev1.Pod {
+		p = p.DeepCopy()
+		_, err := chain.Run(p, mutators.Request{Namespace: "payments"})
+		require.NoError(t, err)
+		return p
+	}
+	istio := func(native bool) func(p *corev1.Pod) *corev1.Pod {
+		return func(p *corev1.Pod) *corev1.Pod {
+			p = p.DeepCopy()
+			podtest.IstioStandIn(p, native)
+			return p
+		}
+	}
+	for _, fixture := range []string{"plain-workload", "jwt-plain-workload", "jwt-user-native-sidecar", "own-envoy", "host-network"} {
+		for _, native := range []bool{false, true} {
+			name := fixture + map[bool]string{false: "/classic", true: "/native"}[native]
+			t.Run(name, func(t *testing.T) {
+				_, p := podtest.Load(t, "testdata/"+fixture+".yaml")
+				inject := istio(native)
+				istioFirst := ours(inject(p))
+				oursFirst := ours(inject(ours(p)))
+				require.True(t, equality.Semantic.DeepEqual(istioFirst, oursFirst), "order changes the result:\n%s", cmp.Diff(istioFirst, oursFirst))
+				st, err := annotations.ParseStatus(oursFirst.Annotations[annotations.StatusAnnotation])
+				require.NoError(t, err)
+				assert.Equal(t, annotations.ModeMesh, st.Mode)
+				assert.Equal(t, "mesh", oursFirst.Labels[annotations.InjectedLabel])
+				for _, v := range oursFirst.Spec.Volumes {
+					assert.NotEqual(t, mutators.WorkloadAPIVolume, v.Name, "plain wiring left behind")
+				}
+			})
+		}
+	}
+}

@@ -1,0 +1,258 @@
+// Package preview is the offline form of the webhook (`spire-mesh-injector inject`), like
+// `istioctl kube-inject`: it reads manifests, mutates the pod template of every workload exactly as
+// admission would (same chain, same patch), and passes every other object through unchanged, in
+// document order.
+package preview
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+
+	jsonpatch "github.com/evanphx/json-patch/v5"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
+	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
+	"github.com/spire-mesh-injector/spire-mesh-injector/webhook"
+)
+
+// templatePaths are the JSON pointers to the pod (template) of every kind the preview mutates.
+var templatePaths = map[schema.GroupKind]string{
+	{Group: "", Kind: "Pod"}:                                "",
+	{Group: "", Kind: "ReplicationController"}:              "/spec/template",
+	{Group: "apps", Kind: "Deployment"}:                     "/spec/template",
+	{Group: "apps", Kind: "StatefulSet"}:                    "/spec/template",
+	{Group: "apps", Kind: "DaemonSet"}:                      "/spec/template",
+	{Group: "apps", Kind: "ReplicaSet"}:                     "/spec/template",
+	{Group: "batch", Kind: "Job"}:                           "/spec/template",
+	{Group: "batch", Kind: "CronJob"}:                       "/spec/jobTemplate/spec/template",
+	{Group: "apps.openshift.io", Kind: "DeploymentConfig"}: "/spec/template",
+}
+
+// Options tune the preview.
+type Options struct {
+	// Namespace is assumed for objects that name none.
+	Namespace string
+	// Registrations appends the ClusterSPIFFEIDs that admission would ensure.
+	Registrations bool
+}
+
+// Inject reads YAML documents (or JSON) from r and writes the result to w. Input is treated as if
+// its namespaces were opted in; a pod's opt-out label still wins. A pod the webhook would deny is
+// an error naming the document.
+func Inject(r io.Reader, w io.Writer, chain *mutators.Chain, opts Options) error {
+	if opts.Namespace == "" {
+		opts.Namespace = "default"
+	}
+	reader := utilyaml.NewYAMLReader(bufio.NewReader(r))
+	var out [][]byte
+	namespaces := map[string]bool{}
+	for n := 1; ; n++ {
+		doc, err := reader.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("document %d: %w", n, err)
+		}
+		if isEmpty(doc) {
+			continue
+		}
+		res, err := injectDocument(doc, chain, opts.Namespace, namespaces)
+		if err != nil {
+			return fmt.Errorf("document %d: %w", n, err)
+		}
+		out = append(out, res)
+	}
+	if opts.Registrations {
+		list := make([]string, 0, len(namespaces))
+		for ns := range namespaces {
+			list = append(list, ns)
+		}
+		sort.Strings(list)
+		for _, ns := range list {
+			obj, err := registration.Build(chain.Config(), ns, nil)
+			if err != nil {
+				return err
+			}
+			b, err := yaml.Marshal(obj)
+			if err != nil {
+				return err
+			}
+			out = append(out, b)
+		}
+	}
+	for i, doc := range out {
+		if i > 0 {
+			if _, err := io.WriteString(w, "---\n"); err != nil {
+				return err
+			}
+		}
+		if _, err := w.Write(doc); err != nil {
+			return err
+		}
+		if len(doc) > 0 && doc[len(doc)-1] != '\n' {
+			if _, err := io.WriteString(w, "\n"); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// isEmpty reports whether a YAML document holds only blank lines and comments.
+func isEmpty(doc []byte) bool {
+	for _, line := range strings.Split(string(doc), "\n") {
+		t := strings.TrimSpace(line)
+		if t != "" && !strings.HasPrefix(t, "#") {
+			return false
+		}
+	}
+	return true
+}
+
+type header struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Metadata   struct {
+		Name      string `json:"name"`
+		Namespace string `json:"namespace"`
+	} `json:"metadata"`
+}
+
+// injectDocument returns the document unchanged (same bytes) unless it holds a workload, or a List
+// of objects some of which are workloads.
+func injectDocument(doc []byte, chain *mutators.Chain, defaultNS string, namespaces map[string]bool) ([]byte, error) {
+	js, err := yaml.YAMLToJSON(doc)
+	if err != nil {
+		return nil, fmt.Errorf("not valid YAML: %w", err)
+	}
+	var h header
+	if err := json.Unmarshal(js, &h); err != nil {
+		return nil, fmt.Errorf("not a Kubernetes object: %w", err)
+	}
+	gk := schema.FromAPIVersionAndKind(h.APIVersion, h.Kind).GroupKind()
+	if gk == (schema.GroupKind{Kind: "List"}) {
+		return injectList(js, chain, defaultNS, namespaces)
+	}
+	out, changed, err := injectObject(js, h, chain, defaultNS, namespaces)
+	if err != nil || !changed {
+		return doc, err
+	}
+	return yaml.JSONToYAML(out)
+}
+
+func injectList(js []byte, chain *mutators.Chain, defaultNS string, namespaces map[string]bool) ([]byte, error) {
+	var list map[string]json.RawMessage
+	if err := json.Unmarshal(js, &list); err != nil {
+		return nil, err
+	}
+	var items []json.RawMessage
+	if raw, ok := list["items"]; ok {
+		if err := json.Unmarshal(raw, &items); err != nil {
+			return nil, fmt.Errorf("List items: %w", err)
+		}
+	}
+	for i, item := range items {
+		var h header
+		if err := json.Unmarshal(item, &h); err != nil {
+			return nil, fmt.Errorf("List item %d: %w", i, err)
+		}
+		out, _, err := injectObject(item, h, chain, defaultNS, namespaces)
+		if err != nil {
+			return nil, fmt.Errorf("List item %d: %w", i, err)
+		}
+		items[i] = out
+	}
+	b, err := json.Marshal(items)
+	if err != nil {
+		return nil, err
+	}
+	list["items"] = b
+	b, err = json.Marshal(list)
+	if err != nil {
+		return nil, err
+	}
+	return yaml.JSONToYAML(b)
+}
+
+// injectObject mutates the pod (template) of a workload object given as JSON.
+func injectObject(js []byte, h header, chain *mutators.Chain, defaultNS string, namespaces map[string]bool) ([]byte, bool, error) {
+	gk := schema.FromAPIVersionAndKind(h.APIVersion, h.Kind).GroupKind()
+	prefix, ok := templatePaths[gk]
+	if !ok {
+		return js, false, nil
+	}
+	what := h.Kind + "/" + h.Metadata.Name
+	tmpl, err := extract(js, prefix)
+	if err != nil {
+		return nil, false, fmt.Errorf("%s: %w", what, err)
+	}
+	pod, err := webhook.DecodePod(tmpl)
+	if err != nil {
+		return nil, false, fmt.Errorf("%s: pod template: %w", what, err)
+	}
+	ns := h.Metadata.Namespace
+	if ns == "" {
+		ns = defaultNS
+	}
+	orig := pod.DeepCopy()
+	res, err := chain.Run(pod, mutators.Request{Namespace: ns})
+	if err != nil {
+		return nil, false, fmt.Errorf("%s: %w", what, err)
+	}
+	if res.Mode != "" {
+		namespaces[ns] = true
+	}
+	ops, err := webhook.Patch(orig, pod)
+	if err != nil || len(ops) == 0 {
+		return js, false, err
+	}
+	for i := range ops {
+		ops[i].Path = prefix + ops[i].Path
+	}
+	raw, err := json.Marshal(ops)
+	if err != nil {
+		return nil, false, err
+	}
+	patch, err := jsonpatch.DecodePatch(raw)
+	if err != nil {
+		return nil, false, err
+	}
+	// A template may omit metadata altogether; admission always sees it.
+	apply := jsonpatch.NewApplyOptions()
+	apply.EnsurePathExistsOnAdd = true
+	out, err := patch.ApplyWithOptions(js, apply)
+	if err != nil {
+		return nil, false, fmt.Errorf("%s: applying patch: %w", what, err)
+	}
+	return out, true, nil
+}
+
+// extract returns the JSON value at pointer (made of plain keys) in js.
+func extract(js []byte, pointer string) ([]byte, error) {
+	if pointer == "" {
+		return js, nil
+	}
+	cur := json.RawMessage(js)
+	for _, key := range strings.Split(strings.TrimPrefix(pointer, "/"), "/") {
+		var obj map[string]json.RawMessage
+		if err := json.Unmarshal(cur, &obj); err != nil || obj == nil {
+			return nil, fmt.Errorf("%s is not an object", pointer)
+		}
+		next, ok := obj[key]
+		if !ok || bytes.Equal(bytes.TrimSpace(next), []byte("null")) {
+			return nil, fmt.Errorf("%s is missing", strings.ReplaceAll(strings.TrimPrefix(pointer, "/"), "/", "."))
+		}
+		cur = next
+	}
+	return cur, nil
+}

@@ -1,0 +1,251 @@
+// Package webhook is the thin admission adapter: it decodes the AdmissionReview, fills the
+// namespace from the request, runs the mutator chain, computes one JSON patch in one place, applies
+// the failure policy to internal faults and encodes the response. It does no mutation itself.
+package webhook
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/go-logr/logr"
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
+	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
+)
+
+// Path is where the server serves pod mutations.
+const Path = "/mutate-pods"
+
+// MaxRequestBytes bounds an admission request body. The API server limits objects to about
+// 3 MiB; an AdmissionReview of a pod create carries one object.
+const MaxRequestBytes = 7 << 20
+
+// maxWarning is the longest admission warning the API server shows unshortened.
+const maxWarning = 120
+
+var (
+	podKind     = metav1.GroupVersionKind{Group: "", Version: "v1", Kind: "Pod"}
+	podResource = metav1.GroupVersionResource{Group: "", Version: "v1", Resource: "pods"}
+	reviewGV    = schema.GroupVersion{Group: "admission.k8s.io", Version: "v1"}
+)
+
+// Handler serves admission reviews for pod creation.
+type Handler struct {
+	run     func(*corev1.Pod, mutators.Request) (mutators.Result, error)
+	policy  config.FailurePolicy
+	log     logr.Logger
+	metrics *Metrics
+	now     func() time.Time
+}
+
+// NewHandler returns a handler that runs chain and reports to log and metrics.
+func NewHandler(chain *mutators.Chain, log logr.Logger, metrics *Metrics) *Handler {
+	return &Handler{run: chain.Run, policy: chain.Config().FailurePolicy, log: log, metrics: metrics, now: time.Now}
+}
+
+// ServeHTTP decodes an AdmissionReview, reviews its request and writes the response review.
+// Requests that are not AdmissionReviews get an HTTP error naming what is wrong.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := h.now()
+	if r.Method != http.MethodPost {
+		http.Error(w, "method "+r.Method+" not allowed; allowed: POST", http.StatusMethodNotAllowed)
+		return
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "application/json" && !strings.HasPrefix(ct, "application/json;") {
+		http.Error(w, fmt.Sprintf("Content-Type %q not supported; allowed: application/json", ct), http.StatusUnsupportedMediaType)
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxRequestBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			http.Error(w, fmt.Sprintf("request body larger than %d bytes", MaxRequestBytes), http.StatusRequestEntityTooLarge)
+			return
+		}
+		http.Error(w, "reading request body: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	out, err := h.Handle(body)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(out)
+	h.metrics.duration.Observe(h.now().Sub(start).Seconds())
+}
+
+// Handle decodes one AdmissionReview body, reviews its request and returns the encoded response
+// review. An error means the body is not an admission.k8s.io/v1 AdmissionReview with a request.
+func (h *Handler) Handle(body []byte) ([]byte, error) {
+	review, err := DecodeReview(body)
+	if err != nil {
+		return nil, err
+	}
+	return EncodeResponse(h.Review(review.Request))
+}
+
+// DecodeReview decodes an admission.k8s.io/v1 AdmissionReview with the API machinery's JSON rules
+// (case-sensitive field names) and checks it carries a request.
+func DecodeReview(body []byte) (*admissionv1.AdmissionReview, error) {
+	review := &admissionv1.AdmissionReview{}
+	if err := unmarshal(body, review); err != nil {
+		return nil, fmt.Errorf("request body is not an AdmissionReview: %v", err)
+	}
+	if gv := review.GroupVersionKind(); gv.GroupVersion() != reviewGV || gv.Kind != "AdmissionReview" {
+		return nil, fmt.Errorf("apiVersion %q kind %q not supported; allowed: apiVersion admission.k8s.io/v1, kind AdmissionReview", review.APIVersion, review.Kind)
+	}
+	if review.Request == nil {
+		return nil, errors.New("AdmissionReview has no request")
+	}
+	if review.Request.UID == "" {
+		return nil, errors.New("AdmissionReview request.uid is empty")
+	}
+	return review, nil
+}
+
+// DecodePod decodes the pod in an admission request.
+func DecodePod(raw []byte) (*corev1.Pod, error) {
+	pod := &corev1.Pod{}
+	if err := unmarshal(raw, pod); err != nil {
+		return nil, err
+	}
+	return pod, nil
+}
+
+// EncodeResponse encodes resp in an admission.k8s.io/v1 AdmissionReview.
+func EncodeResponse(resp *admissionv1.AdmissionResponse) ([]byte, error) {
+	return marshal(&admissionv1.AdmissionReview{
+		TypeMeta: metav1.TypeMeta{APIVersion: reviewGV.String(), Kind: "AdmissionReview"},
+		Response: resp,
+	})
+}
+
+// Review decides one admission request.
+func (h *Handler) Review(req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
+	log := h.log.WithValues("uid", req.UID, "namespace", req.Namespace, "pod", podName(req))
+	if req.Kind != podKind || req.Resource != podResource || req.SubResource != "" || req.Operation != admissionv1.Create {
+		h.metrics.admissions.WithLabelValues(ResultSkipped, string(annotations.SkipNotPod)).Inc()
+		log.Info("skipped", "decision", ResultSkipped, "reason", annotations.SkipNotPod,
+			"kind", req.Kind.String(), "resource", req.Resource.String(), "subResource", req.SubResource, "operation", req.Operation)
+		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}
+	}
+	if len(req.Object.Raw) == 0 {
+		return h.deny(log, req, "request.object: missing; allowed: the Pod being created")
+	}
+	pod, err := DecodePod(req.Object.Raw)
+	if err != nil {
+		return h.deny(log, req, "request.object: not a valid Pod: "+err.Error())
+	}
+	log = log.WithValues("pod", podNameOf(pod))
+
+	ops, res, err := h.mutate(pod, req.Namespace)
+	switch {
+	case err != nil && mutators.IsInvalid(err):
+		return h.deny(log, req, err.Error())
+	case err != nil:
+		return h.internal(log, req, err)
+	case res.Skipped != "":
+		h.metrics.admissions.WithLabelValues(ResultSkipped, string(res.Skipped)).Inc()
+		log.Info("skipped", "decision", ResultSkipped, "reason", res.Skipped)
+	case len(ops) == 0:
+		h.metrics.admissions.WithLabelValues(ResultUnchanged, string(res.Mode)).Inc()
+		log.V(1).Info("already wired", "decision", ResultUnchanged, "mode", res.Mode)
+		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}
+	}
+	resp := &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}
+	if len(ops) > 0 {
+		patch, err := marshal(ops)
+		if err != nil {
+			return h.internal(log, req, fmt.Errorf("encoding patch: %w", err))
+		}
+		pt := admissionv1.PatchTypeJSONPatch
+		resp.Patch, resp.PatchType = patch, &pt
+		h.metrics.patchBytes.Observe(float64(len(patch)))
+	}
+	if res.Skipped == "" {
+		h.metrics.admissions.WithLabelValues(ResultMutated, string(res.Mode)).Inc()
+		log.Info("wired", "decision", ResultMutated, "mode", res.Mode, "spiffeID", res.Status.SPIFFEID,
+			"registration", res.Status.Registration, "operations", len(ops), "dryRun", req.DryRun != nil && *req.DryRun)
+	}
+	return resp
+}
+
+// mutate runs the chain on pod and returns the patch. A panic in a mutator is an internal fault,
+// not a crash of the server.
+func (h *Handler) mutate(pod *corev1.Pod, namespace string) (ops []jsonPatchOp, res mutators.Result, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic in mutator chain: %v", r)
+		}
+	}()
+	orig := pod.DeepCopy()
+	res, err = h.run(pod, mutators.Request{Namespace: namespace})
+	if err != nil {
+		return nil, res, err
+	}
+	ops, err = Patch(orig, pod)
+	return ops, res, err
+}
+
+// deny refuses a pod for a reason its author can fix. allowed:false rejects whatever the
+// webhook's failurePolicy says.
+func (h *Handler) deny(log logr.Logger, req *admissionv1.AdmissionRequest, msg string) *admissionv1.AdmissionResponse {
+	h.metrics.admissions.WithLabelValues(ResultDenied, "invalid-pod").Inc()
+	log.Info("denied", "decision", ResultDenied, "reason", msg)
+	return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: false, Result: &metav1.Status{
+		Status: metav1.StatusFailure, Code: http.StatusBadRequest, Reason: metav1.StatusReasonBadRequest,
+		Message: "spire-mesh-injector: " + msg,
+	}}
+}
+
+// internal applies the configured failure policy to a fault that is not the pod author's.
+func (h *Handler) internal(log logr.Logger, req *admissionv1.AdmissionRequest, err error) *admissionv1.AdmissionResponse {
+	if h.policy == config.FailFail {
+		h.metrics.admissions.WithLabelValues(ResultDenied, "internal-error").Inc()
+		log.Error(err, "denied: internal error (failurePolicy Fail)", "decision", ResultDenied)
+		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: false, Result: &metav1.Status{
+			Status: metav1.StatusFailure, Code: http.StatusInternalServerError, Reason: metav1.StatusReasonInternalError,
+			Message: "spire-mesh-injector: internal error, pod not admitted (failurePolicy Fail): " + err.Error(),
+		}}
+	}
+	h.metrics.admissions.WithLabelValues(ResultError, "internal-error").Inc()
+	log.Error(err, "admitted without SPIRE wiring: internal error (failurePolicy Ignore)", "decision", ResultError)
+	return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true, Warnings: []string{
+		truncate("spire-mesh-injector: internal error, pod has no SPIRE identity: "+err.Error(), maxWarning),
+	}}
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
+}
+
+func podName(req *admissionv1.AdmissionRequest) string {
+	if req.Name != "" {
+		return req.Name
+	}
+	return "(unnamed)"
+}
+
+// podNameOf names a pod that may not have a name yet (generateName pods from controllers).
+func podNameOf(pod *corev1.Pod) string {
+	switch {
+	case pod.Name != "":
+		return pod.Name
+	case pod.GenerateName != "":
+		return pod.GenerateName + "*"
+	}
+	return "(unnamed)"
+}

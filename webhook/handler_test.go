@@ -1,0 +1,272 @@
+package webhook
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
+	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/podtest"
+)
+
+const fixtures = "../mutators/testdata/"
+
+func newHandler(t testing.TB, cfg *config.Config) (*Handler, *prometheus.Registry) {
+	reg := prometheus.NewRegistry()
+	return NewHandler(mutators.NewChain(cfg), logr.Discard(), NewMetrics(reg)), reg
+}
+
+func review(t *testing.T, h *Handler, body []byte) *admissionv1.AdmissionResponse {
+	t.Helper()
+	out, err := h.Handle(body)
+	require.NoError(t, err)
+	var r admissionv1.AdmissionReview
+	require.NoError(t, json.Unmarshal(out, &r))
+	require.Equal(t, "admission.k8s.io/v1", r.APIVersion)
+	require.Equal(t, "AdmissionReview", r.Kind)
+	require.NotNil(t, r.Response)
+	return r.Response
+}
+
+func podJSON(t *testing.T, fixture string) []byte {
+	js, _ := podtest.Load(t, fixtures+fixture+".yaml")
+	return js
+}
+
+func TestReviewWiresAndPatches(t *testing.T) {
+	h, reg := newHandler(t, podtest.Config(t))
+	js := podJSON(t, "native-sidecar")
+	resp := review(t, h, podtest.ReviewBody(t, podtest.Request("shop", js)))
+	require.True(t, resp.Allowed)
+	assert.Equal(t, "0b7f5a3e-6c1d-4f0e-9a61-3f2d8c7e5b41", string(resp.UID))
+	require.NotNil(t, resp.PatchType)
+	assert.Equal(t, admissionv1.PatchTypeJSONPatch, *resp.PatchType)
+
+	pod := podtest.Decode(t, podtest.Apply(t, js, decodeOps(t, resp.Patch)))
+	assert.Equal(t, "mesh", pod.Labels[annotations.InjectedLabel])
+	st, err := annotations.ParseStatus(pod.Annotations[annotations.StatusAnnotation])
+	require.NoError(t, err)
+	assert.Equal(t, "spiffe://example.org/ns/shop/sa/cart", st.SPIFFEID)
+	assert.Equal(t, 1.0, testutil.ToFloat64(h.metrics.admissions.WithLabelValues(ResultMutated, "mesh")))
+	assert.Equal(t, 1, testutil.CollectAndCount(reg, "spire_mesh_injector_patch_bytes"))
+
+	// The API server reinvokes the webhook on its own output: nothing more to change.
+	resp = review(t, h, podtest.ReviewBody(t, podtest.Request("shop", mustJSON(t, pod))))
+	require.True(t, resp.Allowed)
+	assert.Nil(t, resp.Patch)
+	assert.Equal(t, 1.0, testutil.ToFloat64(h.metrics.admissions.WithLabelValues(ResultUnchanged, "mesh")))
+}
+
+func TestReviewDryRunGetsTheSameMutation(t *testing.T) {
+	h, _ := newHandler(t, podtest.Config(t))
+	js := podJSON(t, "plain-workload")
+	wet := review(t, h, podtest.ReviewBody(t, podtest.Request("payments", js)))
+	req := podtest.Request("payments", js)
+	yes := true
+	req.DryRun = &yes
+	dry := review(t, h, podtest.ReviewBody(t, req))
+	require.True(t, dry.Allowed)
+	a := podtest.Decode(t, podtest.Apply(t, js, decodeOps(t, wet.Patch)))
+	b := podtest.Decode(t, podtest.Apply(t, js, decodeOps(t, dry.Patch)))
+	assert.Equal(t, a, b)
+}
+
+func TestReviewFillsNamespaceFromRequest(t *testing.T) {
+	h, _ := newHandler(t, podtest.Config(t))
+	js := podJSON(t, "classic-sidecar") // no metadata.namespace, like pods a ReplicaSet creates
+	resp := review(t, h, podtest.ReviewBody(t, podtest.Request("checkout", js)))
+	pod := podtest.Decode(t, podtest.Apply(t, js, decodeOps(t, resp.Patch)))
+	st, err := annotations.ParseStatus(pod.Annotations[annotations.StatusAnnotation])
+	require.NoError(t, err)
+	assert.Equal(t, "spiffe://example.org/ns/checkout/sa/cart", st.SPIFFEID)
+	assert.Equal(t, "spire-mesh-injector-checkout", st.Registration)
+}
+
+// TestReviewDecisions covers every kind of answer: each one names the field and what is allowed.
+func TestReviewDecisions(t *testing.T) {
+	plain := podJSON(t, "plain-workload")
+	withAnnotation := func(key, value string) []byte {
+		p := podtest.Decode(t, plain)
+		if p.Annotations == nil {
+			p.Annotations = map[string]string{}
+		}
+		p.Annotations[key] = value
+		return mustJSON(t, p)
+	}
+	tests := []struct {
+		name        string
+		req         func() *admissionv1.AdmissionRequest
+		allowed     bool
+		patched     bool
+		code        int32
+		msgContains []string
+		metric      [2]string
+	}{
+		{
+			name:    "update is not handled",
+			req:     func() *admissionv1.AdmissionRequest { r := podtest.Request("payments", plain); r.Operation = admissionv1.Update; return r },
+			allowed: true, metric: [2]string{ResultSkipped, string(annotations.SkipNotPod)},
+		},
+		{
+			name: "sub-resource is not handled",
+			req: func() *admissionv1.AdmissionRequest {
+				r := podtest.Request("payments", plain)
+				r.SubResource = "ephemeralcontainers"
+				return r
+			},
+			allowed: true, metric: [2]string{ResultSkipped, string(annotations.SkipNotPod)},
+		},
+		{
+			name: "other kinds are not handled",
+			req: func() *admissionv1.AdmissionRequest {
+				r := podtest.Request("payments", []byte(`{"kind":"ConfigMap"}`))
+				r.Kind = metav1.GroupVersionKind{Version: "v1", Kind: "ConfigMap"}
+				r.Resource = metav1.GroupVersionResource{Version: "v1", Resource: "configmaps"}
+				return r
+			},
+			allowed: true, metric: [2]string{ResultSkipped, string(annotations.SkipNotPod)},
+		},
+		{
+			name:    "missing object",
+			req:     func() *admissionv1.AdmissionRequest { return podtest.Request("payments", nil) },
+			code:    400, msgContains: []string{"request.object: missing"},
+			metric: [2]string{ResultDenied, "invalid-pod"},
+		},
+		{
+			name:    "object is not a pod",
+			req:     func() *admissionv1.AdmissionRequest { return podtest.Request("payments", []byte(`{"spec":{"containers":"no"}}`)) },
+			code:    400, msgContains: []string{"request.object: not a valid Pod"},
+			metric: [2]string{ResultDenied, "invalid-pod"},
+		},
+		{
+			name:    "empty audience",
+			req:     func() *admissionv1.AdmissionRequest { return podtest.Request("payments", withAnnotation(annotations.AudienceAnnotation, " ")) },
+			code:    400, msgContains: []string{"spiffe.io/audience", "allowed: a comma-separated list"},
+			metric: [2]string{ResultDenied, "invalid-pod"},
+		},
+		{
+			name:    "malformed status annotation",
+			req:     func() *admissionv1.AdmissionRequest { return podtest.Request("payments", withAnnotation(annotations.StatusAnnotation, "{")) },
+			code:    400, msgContains: []string{annotations.StatusAnnotation, "written by spire-mesh-injector"},
+			metric: [2]string{ResultDenied, "invalid-pod"},
+		},
+		{
+			name:    "opt-out label",
+			req:     func() *admissionv1.AdmissionRequest { return podtest.Request("shop", podJSON(t, "opt-out")) },
+			allowed: true, metric: [2]string{ResultSkipped, string(annotations.SkipOptOut)},
+		},
+		{
+			name:    "windows pod is annotated and skipped",
+			req:     func() *admissionv1.AdmissionRequest { return podtest.Request("win", podJSON(t, "windows")) },
+			allowed: true, patched: true, metric: [2]string{ResultSkipped, string(annotations.SkipWindows)},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h, _ := newHandler(t, podtest.Config(t))
+			resp := review(t, h, podtest.ReviewBody(t, tt.req()))
+			assert.Equal(t, tt.allowed, resp.Allowed)
+			assert.Equal(t, tt.patched, resp.Patch != nil)
+			if !tt.allowed {
+				require.NotNil(t, resp.Result)
+				assert.Equal(t, tt.code, resp.Result.Code)
+				assert.True(t, strings.HasPrefix(resp.Result.Message, "spire-mesh-injector: "), resp.Result.Message)
+				for _, s := range tt.msgContains {
+					assert.Contains(t, resp.Result.Message, s)
+				}
+			}
+			assert.Equal(t, 1.0, testutil.ToFloat64(h.metrics.admissions.WithLabelValues(tt.metric[0], tt.metric[1])))
+		})
+	}
+}
+
+func TestInternalFaultFollowsFailurePolicy(t *testing.T) {
+	fault := func(*corev1.Pod, mutators.Request) (mutators.Result, error) {
+		return mutators.Result{}, errors.New("registration store unavailable")
+	}
+	panics := func(*corev1.Pod, mutators.Request) (mutators.Result, error) { panic("boom") }
+	for _, policy := range []config.FailurePolicy{config.FailIgnore, config.FailFail} {
+		for name, run := range map[string]func(*corev1.Pod, mutators.Request) (mutators.Result, error){"error": fault, "panic": panics} {
+			t.Run(string(policy)+"/"+name, func(t *testing.T) {
+				cfg := podtest.Config(t)
+				cfg.FailurePolicy = policy
+				h, _ := newHandler(t, cfg)
+				h.run = run
+				resp := review(t, h, podtest.ReviewBody(t, podtest.Request("payments", podJSON(t, "plain-workload"))))
+				assert.Nil(t, resp.Patch)
+				if policy == config.FailIgnore {
+					assert.True(t, resp.Allowed)
+					require.Len(t, resp.Warnings, 1)
+					assert.LessOrEqual(t, len(resp.Warnings[0]), 120)
+					assert.Contains(t, resp.Warnings[0], "no SPIRE identity")
+					assert.Equal(t, 1.0, testutil.ToFloat64(h.metrics.admissions.WithLabelValues(ResultError, "internal-error")))
+				} else {
+					assert.False(t, resp.Allowed)
+					assert.Equal(t, int32(500), resp.Result.Code)
+					assert.Contains(t, resp.Result.Message, "failurePolicy Fail")
+					assert.Equal(t, 1.0, testutil.ToFloat64(h.metrics.admissions.WithLabelValues(ResultDenied, "internal-error")))
+				}
+			})
+		}
+	}
+}
+
+func TestServeHTTPRejectsWhatIsNotAnAdmissionReview(t *testing.T) {
+	h, _ := newHandler(t, podtest.Config(t))
+	valid := podtest.ReviewBody(t, podtest.Request("payments", podJSON(t, "plain-workload")))
+	tests := []struct {
+		name, method, contentType string
+		body                      []byte
+		code                      int
+		msg                       string
+	}{
+		{"GET", http.MethodGet, "application/json", nil, 405, "allowed: POST"},
+		{"wrong content type", http.MethodPost, "text/plain", valid, 415, "allowed: application/json"},
+		{"not JSON", http.MethodPost, "application/json", []byte("hello"), 400, "not an AdmissionReview"},
+		{"wrong version", http.MethodPost, "application/json", []byte(`{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"x"}}`), 400, "allowed: apiVersion admission.k8s.io/v1"},
+		{"wrong kind", http.MethodPost, "application/json", []byte(`{"apiVersion":"admission.k8s.io/v1","kind":"Pod"}`), 400, "kind AdmissionReview"},
+		{"no request", http.MethodPost, "application/json", []byte(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}`), 400, "no request"},
+		{"no uid", http.MethodPost, "application/json", []byte(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{}}`), 400, "request.uid is empty"},
+		{"too large", http.MethodPost, "application/json", bytes.Repeat([]byte(" "), MaxRequestBytes+1), 413, "larger than"},
+		{"valid", http.MethodPost, "application/json; charset=utf-8", valid, 200, `"allowed":true`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			r := httptest.NewRequest(tt.method, Path, bytes.NewReader(tt.body))
+			r.Header.Set("Content-Type", tt.contentType)
+			h.ServeHTTP(rec, r)
+			assert.Equal(t, tt.code, rec.Code)
+			assert.Contains(t, rec.Body.String(), tt.msg)
+		})
+	}
+}
+
+func decodeOps(t *testing.T, patch []byte) []jsonPatchOp {
+	t.Helper()
+	var ops []jsonPatchOp
+	require.NoError(t, json.Unmarshal(patch, &ops))
+	return ops
+}
+
+func mustJSON(t testing.TB, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	require.NoError(t, err)
+	return b
+}

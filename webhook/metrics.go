@@ -1,0 +1,44 @@
+package webhook
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Result label values of the admissions metric.
+const (
+	ResultMutated   = "mutated"   // wired, with a patch
+	ResultUnchanged = "unchanged" // wired already: nothing to change
+	ResultSkipped   = "skipped"   // left alone; reason says why
+	ResultDenied    = "denied"    // refused: a mistake in the pod, or an internal fault under failurePolicy Fail
+	ResultError     = "error"     // internal fault admitted unchanged under failurePolicy Ignore
+)
+
+// Metrics are the admission server's Prometheus metrics.
+type Metrics struct {
+	admissions *prometheus.CounterVec
+	duration   prometheus.Histogram
+	patchBytes prometheus.Histogram
+}
+
+// NewMetrics creates the metrics and registers them with reg (controller-runtime's registry in
+// the server, a fresh registry in tests).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		admissions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "spire_mesh_injector_admissions_total",
+			Help: "Pod admissions handled, by result (mutated, unchanged, skipped, denied, error) and reason (wiring mode, skip reason, or cause).",
+		}, []string{"result", "reason"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "spire_mesh_injector_admission_duration_seconds",
+			Help:    "Time to handle one admission review, from decoded request to encoded response.",
+			Buckets: []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1},
+		}),
+		patchBytes: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "spire_mesh_injector_patch_bytes",
+			Help:    "Size of the JSON patch returned for a mutated pod.",
+			Buckets: prometheus.ExponentialBuckets(64, 2, 10),
+		}),
+	}
+	reg.MustRegister(m.admissions, m.duration, m.patchBytes)
+	return m
+}

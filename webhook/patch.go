@@ -1,0 +1,178 @@
+package webhook
+
+import (
+	"reflect"
+	"strconv"
+	"strings"
+
+	"gomodules.xyz/jsonpatch/v2"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
+)
+
+// Patch is the one place where JSON patch operations are made: it compares the pod as it arrived
+// with the pod the mutators returned, at the granularity mutators change things (each label and
+// annotation key; each volume and container by name; each env var by name and each volume mount by
+// path inside a container), and emits add, replace and remove operations there.
+//
+// Why not a whole-pod generic diff (marshal both, jsonpatch.CreatePatch)? It costs about 3× the
+// unavoidable decoding on a typical pod and grows with the pod, on every pod creation in an
+// opted-in namespace; this costs a few microseconds. Why not replace whole containers? An API
+// server newer than our k8s.io/api may send fields our Go types don't know: a replaced subtree
+// would silently drop them. So operations only ever replace subtrees the mutators own outright (a
+// volume, an env var, a volume mount, a container the webhook added). jsonpatch.CreatePatch stays
+// the oracle in tests and fuzzing: both patches applied to the input must give the same pod.
+func Patch(orig, mut *corev1.Pod) ([]jsonpatch.Operation, error) {
+	var ops []jsonpatch.Operation
+	diffMap(&ops, "/metadata/labels", orig.Labels, mut.Labels)
+	diffMap(&ops, "/metadata/annotations", orig.Annotations, mut.Annotations)
+	if err := diffList(&ops, "/spec/volumes", orig.Spec.Volumes, mut.Spec.Volumes, volumeName, replaceIfChanged[corev1.Volume]); err != nil {
+		return nil, err
+	}
+	if err := diffList(&ops, "/spec/initContainers", orig.Spec.InitContainers, mut.Spec.InitContainers, containerName, diffContainer); err != nil {
+		return nil, err
+	}
+	if err := diffList(&ops, "/spec/containers", orig.Spec.Containers, mut.Spec.Containers, containerName, diffContainer); err != nil {
+		return nil, err
+	}
+	return ops, nil
+}
+
+func volumeName(v *corev1.Volume) string       { return v.Name }
+func containerName(c *corev1.Container) string { return c.Name }
+func envName(e *corev1.EnvVar) string          { return e.Name }
+func mountPath(m *corev1.VolumeMount) string   { return m.MountPath }
+
+// escape encodes a map key or name as a JSON pointer token (RFC 6901).
+func escape(s string) string {
+	if strings.ContainsAny(s, "~/") {
+		s = strings.ReplaceAll(s, "~", "~0")
+		s = strings.ReplaceAll(s, "/", "~1")
+	}
+	return s
+}
+
+func diffMap(ops *[]jsonpatch.Operation, path string, orig, mut map[string]string) {
+	if len(orig) == 0 {
+		if len(mut) > 0 {
+			*ops = append(*ops, jsonpatch.NewOperation("add", path, mut))
+		}
+		return
+	}
+	for k, v := range mut {
+		if ov, ok := orig[k]; !ok {
+			*ops = append(*ops, jsonpatch.NewOperation("add", path+"/"+escape(k), v))
+		} else if ov != v {
+			*ops = append(*ops, jsonpatch.NewOperation("replace", path+"/"+escape(k), v))
+		}
+	}
+	for k := range orig {
+		if _, ok := mut[k]; !ok {
+			*ops = append(*ops, jsonpatch.NewOperation("remove", path+"/"+escape(k), nil))
+		}
+	}
+}
+
+// elemDiff emits operations that turn orig into mut, both at path.
+type elemDiff[T any] func(ops *[]jsonpatch.Operation, path string, orig, mut *T) error
+
+func replaceIfChanged[T any](ops *[]jsonpatch.Operation, path string, orig, mut *T) error {
+	if !reflect.DeepEqual(orig, mut) {
+		*ops = append(*ops, jsonpatch.NewOperation("replace", path, *mut))
+	}
+	return nil
+}
+
+// diffContainer diffs a container the webhook does not own at the granularity mutators change it
+// (env vars and volume mounts); a container the webhook owns (the JWT helper, which a reinvocation
+// rebuilds) is replaced whole when it changed.
+func diffContainer(ops *[]jsonpatch.Operation, path string, orig, mut *corev1.Container) error {
+	if mut.Name == mutators.JWTHelperContainer {
+		return replaceIfChanged(ops, path, orig, mut)
+	}
+	if err := diffList(ops, path+"/env", orig.Env, mut.Env, envName, replaceIfChanged[corev1.EnvVar]); err != nil {
+		return err
+	}
+	return diffList(ops, path+"/volumeMounts", orig.VolumeMounts, mut.VolumeMounts, mountPath, replaceIfChanged[corev1.VolumeMount])
+}
+
+// diffList diffs two lists keyed by key. Elements are matched in order (mutators never reorder
+// what they did not add), each to the first unmatched original of the same key after the previous
+// match, so repeated keys (Kubernetes allows two env vars of one name) pair up correctly.
+// Operations come in an order that keeps every index right: changes to matched elements at their
+// original index, then removals from the highest index down, then insertions in final order.
+func diffList[T any](ops *[]jsonpatch.Operation, path string, orig, mut []T, key func(*T) string, elem elemDiff[T]) error {
+	switch {
+	case len(orig) == 0 && len(mut) == 0:
+		return nil
+	case len(orig) == 0:
+		*ops = append(*ops, jsonpatch.NewOperation("add", path, mut))
+		return nil
+	case len(mut) == 0:
+		*ops = append(*ops, jsonpatch.NewOperation("remove", path, nil))
+		return nil
+	}
+	next := matcher(orig, key)
+	matched := make([]int, len(mut))
+	used := make([]bool, len(orig))
+	last, kept := -1, 0
+	for i := range mut {
+		j := next(key(&mut[i]), last)
+		matched[i] = j
+		if j < 0 {
+			continue
+		}
+		used[j], last = true, j
+		kept++
+		if err := elem(ops, path+"/"+strconv.Itoa(j), &orig[j], &mut[i]); err != nil {
+			return err
+		}
+	}
+	for j := len(orig) - 1; j >= 0; j-- {
+		if !used[j] {
+			*ops = append(*ops, jsonpatch.NewOperation("remove", path+"/"+strconv.Itoa(j), nil))
+		}
+	}
+	n := kept
+	for i := range mut {
+		if matched[i] >= 0 {
+			continue
+		}
+		p := path + "/" + strconv.Itoa(i)
+		if i == n {
+			p = path + "/-"
+		}
+		*ops = append(*ops, jsonpatch.NewOperation("add", p, mut[i]))
+		n++
+	}
+	return nil
+}
+
+// matcher returns a lookup of the first index after `after` whose element has key k (-1 if none).
+// Lists in a pod are short; a linear scan beats building a map until they are not.
+func matcher[T any](list []T, key func(*T) string) func(k string, after int) int {
+	if len(list) <= 16 {
+		return func(k string, after int) int {
+			for j := after + 1; j < len(list); j++ {
+				if key(&list[j]) == k {
+					return j
+				}
+			}
+			return -1
+		}
+	}
+	at := make(map[string][]int, len(list))
+	for j := range list {
+		k := key(&list[j])
+		at[k] = append(at[k], j)
+	}
+	return func(k string, after int) int {
+		for _, j := range at[k] {
+			if j > after {
+				return j
+			}
+		}
+		return -1
+	}
+}
