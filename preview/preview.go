@@ -26,14 +26,14 @@ import (
 
 // templatePaths are the JSON pointers to the pod (template) of every kind the preview mutates.
 var templatePaths = map[schema.GroupKind]string{
-	{Group: "", Kind: "Pod"}:                                "",
-	{Group: "", Kind: "ReplicationController"}:              "/spec/template",
-	{Group: "apps", Kind: "Deployment"}:                     "/spec/template",
-	{Group: "apps", Kind: "StatefulSet"}:                    "/spec/template",
-	{Group: "apps", Kind: "DaemonSet"}:                      "/spec/template",
-	{Group: "apps", Kind: "ReplicaSet"}:                     "/spec/template",
-	{Group: "batch", Kind: "Job"}:                           "/spec/template",
-	{Group: "batch", Kind: "CronJob"}:                       "/spec/jobTemplate/spec/template",
+	{Group: "", Kind: "Pod"}:                               "",
+	{Group: "", Kind: "ReplicationController"}:             "/spec/template",
+	{Group: "apps", Kind: "Deployment"}:                    "/spec/template",
+	{Group: "apps", Kind: "StatefulSet"}:                   "/spec/template",
+	{Group: "apps", Kind: "DaemonSet"}:                     "/spec/template",
+	{Group: "apps", Kind: "ReplicaSet"}:                    "/spec/template",
+	{Group: "batch", Kind: "Job"}:                          "/spec/template",
+	{Group: "batch", Kind: "CronJob"}:                      "/spec/jobTemplate/spec/template",
 	{Group: "apps.openshift.io", Kind: "DeploymentConfig"}: "/spec/template",
 }
 

@@ -118,8 +118,12 @@ func TestReviewDecisions(t *testing.T) {
 		metric      [2]string
 	}{
 		{
-			name:    "update is not handled",
-			req:     func() *admissionv1.AdmissionRequest { r := podtest.Request("payments", plain); r.Operation = admissionv1.Update; return r },
+			name: "update is not handled",
+			req: func() *admissionv1.AdmissionRequest {
+				r := podtest.Request("payments", plain)
+				r.Operation = admissionv1.Update
+				return r
+			},
 			allowed: true, metric: [2]string{ResultSkipped, string(annotations.SkipNotPod)},
 		},
 		{
@@ -142,27 +146,33 @@ func TestReviewDecisions(t *testing.T) {
 			allowed: true, metric: [2]string{ResultSkipped, string(annotations.SkipNotPod)},
 		},
 		{
-			name:    "missing object",
-			req:     func() *admissionv1.AdmissionRequest { return podtest.Request("payments", nil) },
-			code:    400, msgContains: []string{"request.object: missing"},
+			name: "missing object",
+			req:  func() *admissionv1.AdmissionRequest { return podtest.Request("payments", nil) },
+			code: 400, msgContains: []string{"request.object: missing"},
 			metric: [2]string{ResultDenied, "invalid-pod"},
 		},
 		{
-			name:    "object is not a pod",
-			req:     func() *admissionv1.AdmissionRequest { return podtest.Request("payments", []byte(`{"spec":{"containers":"no"}}`)) },
-			code:    400, msgContains: []string{"request.object: not a valid Pod"},
+			name: "object is not a pod",
+			req: func() *admissionv1.AdmissionRequest {
+				return podtest.Request("payments", []byte(`{"spec":{"containers":"no"}}`))
+			},
+			code: 400, msgContains: []string{"request.object: not a valid Pod"},
 			metric: [2]string{ResultDenied, "invalid-pod"},
 		},
 		{
-			name:    "empty audience",
-			req:     func() *admissionv1.AdmissionRequest { return podtest.Request("payments", withAnnotation(annotations.AudienceAnnotation, " ")) },
-			code:    400, msgContains: []string{"spiffe.io/audience", "allowed: a comma-separated list"},
+			name: "empty audience",
+			req: func() *admissionv1.AdmissionRequest {
+				return podtest.Request("payments", withAnnotation(annotations.AudienceAnnotation, " "))
+			},
+			code: 400, msgContains: []string{"spiffe.io/audience", "allowed: a comma-separated list"},
 			metric: [2]string{ResultDenied, "invalid-pod"},
 		},
 		{
-			name:    "malformed status annotation",
-			req:     func() *admissionv1.AdmissionRequest { return podtest.Request("payments", withAnnotation(annotations.StatusAnnotation, "{")) },
-			code:    400, msgContains: []string{annotations.StatusAnnotation, "written by spire-mesh-injector"},
+			name: "malformed status annotation",
+			req: func() *admissionv1.AdmissionRequest {
+				return podtest.Request("payments", withAnnotation(annotations.StatusAnnotation, "{"))
+			},
+			code: 400, msgContains: []string{annotations.StatusAnnotation, "written by spire-mesh-injector"},
 			metric: [2]string{ResultDenied, "invalid-pod"},
 		},
 		{
