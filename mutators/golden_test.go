@@ -48,9 +48,14 @@ func TestGolden(t *testing.T) {
 			if ns == "" {
 				ns = requestNamespace
 			}
-			orig := pod.DeepCopy()
+			// As the webhook does: mutate a copy that shares what mutators must not modify in place,
+			// and check that the pod as it arrived is untouched.
+			orig := pod
+			snapshot := pod.DeepCopy()
+			pod = mutators.CopyForMutation(orig)
 			_, err := chain.Run(pod, mutators.Request{Namespace: ns})
 			require.NoError(t, err)
+			require.True(t, equality.Semantic.DeepEqual(snapshot, orig), "a mutator modified the original pod in place:\n%s", cmp.Diff(snapshot, orig))
 			ops, err := webhook.Patch(orig, pod)
 			require.NoError(t, err)
 			patched := podtest.Apply(t, js, ops)
@@ -69,7 +74,7 @@ func TestGolden(t *testing.T) {
 			require.True(t, equality.Semantic.DeepEqual(got, viaGeneric), "generic diff disagrees:\n%s", cmp.Diff(viaGeneric, got))
 
 			// Idempotent: the webhook reinvoked on its own output changes nothing.
-			again := got.DeepCopy()
+			again := mutators.CopyForMutation(got)
 			_, err = chain.Run(again, mutators.Request{Namespace: ns})
 			require.NoError(t, err)
 			ops2, err := webhook.Patch(got, again)

@@ -79,11 +79,7 @@ func Inject(r io.Reader, w io.Writer, chain *mutators.Chain, opts Options) error
 		}
 		sort.Strings(list)
 		for _, ns := range list {
-			obj, err := registration.Build(chain.Config(), ns, nil)
-			if err != nil {
-				return err
-			}
-			b, err := yaml.Marshal(obj)
+			b, err := registrationYAML(chain, ns)
 			if err != nil {
 				return err
 			}
@@ -106,6 +102,26 @@ func Inject(r io.Reader, w io.Writer, chain *mutators.Chain, opts Options) error
 		}
 	}
 	return nil
+}
+
+// registrationYAML prints namespace ns's ClusterSPIFFEID as one would apply it: without the
+// status its Go type always carries.
+func registrationYAML(chain *mutators.Chain, ns string) ([]byte, error) {
+	obj, err := registration.Build(chain.Config(), ns, nil)
+	if err != nil {
+		return nil, err
+	}
+	js, err := json.Marshal(obj)
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]any
+	if err := json.Unmarshal(js, &m); err != nil {
+		return nil, err
+	}
+	delete(m, "status")
+	delete(m["metadata"].(map[string]any), "creationTimestamp")
+	return yaml.Marshal(m)
 }
 
 // isEmpty reports whether a YAML document holds only blank lines and comments.
@@ -204,22 +220,22 @@ func injectObject(js []byte, h header, chain *mutators.Chain, defaultNS string, 
 	if ns == "" {
 		ns = defaultNS
 	}
-	orig := pod.DeepCopy()
-	res, err := chain.Run(pod, mutators.Request{Namespace: ns})
+	mut := mutators.CopyForMutation(pod)
+	res, err := chain.Run(mut, mutators.Request{Namespace: ns})
 	if err != nil {
 		return nil, false, fmt.Errorf("%s: %w", what, err)
 	}
 	if res.Mode != "" {
 		namespaces[ns] = true
 	}
-	ops, err := webhook.Patch(orig, pod)
+	ops, err := webhook.Patch(pod, mut)
 	if err != nil || len(ops) == 0 {
 		return js, false, err
 	}
 	for i := range ops {
 		ops[i].Path = prefix + ops[i].Path
 	}
-	raw, err := json.Marshal(ops)
+	raw, err := webhook.EncodePatch(ops)
 	if err != nil {
 		return nil, false, err
 	}

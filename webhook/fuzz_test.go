@@ -32,9 +32,14 @@ func checkChain(t *testing.T, chain *mutators.Chain, pod *corev1.Pod) {
 	if ns == "" {
 		ns = "fuzz"
 	}
-	orig := pod.DeepCopy()
-	mut := pod.DeepCopy()
-	if _, err := chain.Run(mut, mutators.Request{Namespace: ns}); err != nil {
+	orig := pod
+	snapshot := pod.DeepCopy()
+	mut := mutators.CopyForMutation(pod)
+	_, err = chain.Run(mut, mutators.Request{Namespace: ns})
+	if !equality.Semantic.DeepEqual(snapshot, orig) {
+		t.Fatalf("a mutator modified the original pod in place:\n%s", cmp.Diff(snapshot, orig))
+	}
+	if err != nil {
 		if !mutators.IsInvalid(err) {
 			t.Fatalf("internal error from the chain: %v", err)
 		}
@@ -58,7 +63,7 @@ func checkChain(t *testing.T, chain *mutators.Chain, pod *corev1.Pod) {
 	if !acceptable(orig) {
 		return
 	}
-	again := got.DeepCopy()
+	again := mutators.CopyForMutation(got)
 	if _, err := chain.Run(again, mutators.Request{Namespace: ns}); err != nil {
 		t.Fatalf("second run fails: %v", err)
 	}

@@ -164,7 +164,7 @@ func (h *Handler) Review(req *admissionv1.AdmissionRequest) *admissionv1.Admissi
 	}
 	resp := &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}
 	if len(ops) > 0 {
-		patch, err := marshal(ops)
+		patch, err := EncodePatch(ops)
 		if err != nil {
 			return h.internal(log, req, fmt.Errorf("encoding patch: %w", err))
 		}
@@ -188,12 +188,12 @@ func (h *Handler) mutate(pod *corev1.Pod, namespace string) (ops []jsonPatchOp, 
 			err = fmt.Errorf("panic in mutator chain: %v", r)
 		}
 	}()
-	orig := pod.DeepCopy()
-	res, err = h.run(pod, mutators.Request{Namespace: namespace})
+	mut := mutators.CopyForMutation(pod)
+	res, err = h.run(mut, mutators.Request{Namespace: namespace})
 	if err != nil {
 		return nil, res, err
 	}
-	ops, err = Patch(orig, pod)
+	ops, err = Patch(pod, mut)
 	return ops, res, err
 }
 

@@ -1,12 +1,13 @@
 package webhook
 
 import (
-	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 
 	"gomodules.xyz/jsonpatch/v2"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
 )
@@ -24,7 +25,7 @@ import (
 // volume, an env var, a volume mount, a container the webhook added). jsonpatch.CreatePatch stays
 // the oracle in tests and fuzzing: both patches applied to the input must give the same pod.
 func Patch(orig, mut *corev1.Pod) ([]jsonpatch.Operation, error) {
-	var ops []jsonpatch.Operation
+	ops := make([]jsonpatch.Operation, 0, 16)
 	diffMap(&ops, "/metadata/labels", orig.Labels, mut.Labels)
 	diffMap(&ops, "/metadata/annotations", orig.Annotations, mut.Annotations)
 	if err := diffList(&ops, "/spec/volumes", orig.Spec.Volumes, mut.Spec.Volumes, volumeName, replaceIfChanged[corev1.Volume]); err != nil {
@@ -74,12 +75,18 @@ func diffMap(ops *[]jsonpatch.Operation, path string, orig, mut map[string]strin
 	}
 }
 
-// elemDiff emits operations that turn orig into mut, both at path.
-type elemDiff[T any] func(ops *[]jsonpatch.Operation, path string, orig, mut *T) error
+// elemDiff emits operations that turn orig into mut, both at index idx of the list at path. The
+// element's own path is built only when an operation needs it: most elements are unchanged.
+type elemDiff[T any] func(ops *[]jsonpatch.Operation, path string, idx int, orig, mut *T) error
 
-func replaceIfChanged[T any](ops *[]jsonpatch.Operation, path string, orig, mut *T) error {
-	if !reflect.DeepEqual(orig, mut) {
-		*ops = append(*ops, jsonpatch.NewOperation("replace", path, *mut))
+func at(path string, idx int) string { return path + "/" + strconv.Itoa(idx) }
+
+// replaceIfChanged replaces an element that differs. Volumes, env vars and volume mounts hold only
+// strings, booleans and pointers, so == is a cheap exact test when the mutated pod shares the
+// original's pointers (mutators.CopyForMutation); an element a mutator rebuilt is compared by value.
+func replaceIfChanged[T comparable](ops *[]jsonpatch.Operation, path string, idx int, orig, mut *T) error {
+	if *orig != *mut && !equality.Semantic.DeepEqual(orig, mut) {
+		*ops = append(*ops, jsonpatch.NewOperation("replace", at(path, idx), *mut))
 	}
 	return nil
 }
@@ -87,14 +94,27 @@ func replaceIfChanged[T any](ops *[]jsonpatch.Operation, path string, orig, mut 
 // diffContainer diffs a container the webhook does not own at the granularity mutators change it
 // (env vars and volume mounts); a container the webhook owns (the JWT helper, which a reinvocation
 // rebuilds) is replaced whole when it changed.
-func diffContainer(ops *[]jsonpatch.Operation, path string, orig, mut *corev1.Container) error {
+func diffContainer(ops *[]jsonpatch.Operation, path string, idx int, orig, mut *corev1.Container) error {
 	if mut.Name == mutators.JWTHelperContainer {
-		return replaceIfChanged(ops, path, orig, mut)
+		if !equality.Semantic.DeepEqual(orig, mut) {
+			*ops = append(*ops, jsonpatch.NewOperation("replace", at(path, idx), *mut))
+		}
+		return nil
 	}
-	if err := diffList(ops, path+"/env", orig.Env, mut.Env, envName, replaceIfChanged[corev1.EnvVar]); err != nil {
-		return err
+	envSame, mountsSame := same(orig.Env, mut.Env), same(orig.VolumeMounts, mut.VolumeMounts)
+	if envSame && mountsSame {
+		return nil
 	}
-	return diffList(ops, path+"/volumeMounts", orig.VolumeMounts, mut.VolumeMounts, mountPath, replaceIfChanged[corev1.VolumeMount])
+	cpath := at(path, idx)
+	if !envSame {
+		if err := diffList(ops, cpath+"/env", orig.Env, mut.Env, envName, replaceIfChanged[corev1.EnvVar]); err != nil {
+			return err
+		}
+	}
+	if mountsSame {
+		return nil
+	}
+	return diffList(ops, cpath+"/volumeMounts", orig.VolumeMounts, mut.VolumeMounts, mountPath, replaceIfChanged[corev1.VolumeMount])
 }
 
 // diffList diffs two lists keyed by key. Elements are matched in order (mutators never reorder
@@ -112,6 +132,8 @@ func diffList[T any](ops *[]jsonpatch.Operation, path string, orig, mut []T, key
 	case len(mut) == 0:
 		*ops = append(*ops, jsonpatch.NewOperation("remove", path, nil))
 		return nil
+	case same(orig, mut):
+		return nil
 	}
 	next := matcher(orig, key)
 	matched := make([]int, len(mut))
@@ -125,13 +147,13 @@ func diffList[T any](ops *[]jsonpatch.Operation, path string, orig, mut []T, key
 		}
 		used[j], last = true, j
 		kept++
-		if err := elem(ops, path+"/"+strconv.Itoa(j), &orig[j], &mut[i]); err != nil {
+		if err := elem(ops, path, j, &orig[j], &mut[i]); err != nil {
 			return err
 		}
 	}
 	for j := len(orig) - 1; j >= 0; j-- {
 		if !used[j] {
-			*ops = append(*ops, jsonpatch.NewOperation("remove", path+"/"+strconv.Itoa(j), nil))
+			*ops = append(*ops, jsonpatch.NewOperation("remove", at(path, j), nil))
 		}
 	}
 	n := kept
@@ -139,9 +161,9 @@ func diffList[T any](ops *[]jsonpatch.Operation, path string, orig, mut []T, key
 		if matched[i] >= 0 {
 			continue
 		}
-		p := path + "/" + strconv.Itoa(i)
-		if i == n {
-			p = path + "/-"
+		p := path + "/-"
+		if i != n {
+			p = at(path, i)
 		}
 		*ops = append(*ops, jsonpatch.NewOperation("add", p, mut[i]))
 		n++
@@ -149,27 +171,31 @@ func diffList[T any](ops *[]jsonpatch.Operation, path string, orig, mut []T, key
 	return nil
 }
 
+// same reports whether two lists hold identical elements: the common case of a list the mutators
+// did not touch, decided without allocating.
+func same[T any](orig, mut []T) bool {
+	if len(orig) != len(mut) {
+		return false
+	}
+	switch o := any(orig).(type) {
+	case []corev1.EnvVar:
+		return slices.Equal(o, any(mut).([]corev1.EnvVar))
+	case []corev1.VolumeMount:
+		return slices.Equal(o, any(mut).([]corev1.VolumeMount))
+	case []corev1.Volume:
+		return slices.Equal(o, any(mut).([]corev1.Volume))
+	}
+	return false
+}
+
 // matcher returns a lookup of the first index after `after` whose element has key k (-1 if none).
-// Lists in a pod are short; a linear scan beats building a map until they are not.
+// A linear scan from `after` is right for lists the mutators only insert into and delete from:
+// matched elements are found at the next index, so a whole list costs O(n) plus a scan for each of
+// the few added elements.
 func matcher[T any](list []T, key func(*T) string) func(k string, after int) int {
-	if len(list) <= 16 {
-		return func(k string, after int) int {
-			for j := after + 1; j < len(list); j++ {
-				if key(&list[j]) == k {
-					return j
-				}
-			}
-			return -1
-		}
-	}
-	at := make(map[string][]int, len(list))
-	for j := range list {
-		k := key(&list[j])
-		at[k] = append(at[k], j)
-	}
 	return func(k string, after int) int {
-		for _, j := range at[k] {
-			if j > after {
+		for j := after + 1; j < len(list); j++ {
+			if key(&list[j]) == k {
 				return j
 			}
 		}

@@ -1,0 +1,454 @@
+package mutators
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
+	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/podtest"
+)
+
+func ptr[T any](v T) *T { return &v }
+
+func emptyDir(name string) corev1.Volume {
+	return corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}
+}
+
+func meshPod(native bool) *corev1.Pod {
+	proxy := corev1.Container{Name: "istio-proxy", VolumeMounts: []corev1.VolumeMount{{Name: IstioSocketVolume, MountPath: "/var/run/secrets/workload-spiffe-uds"}}}
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "ns1"},
+		Spec: corev1.PodSpec{
+			ServiceAccountName: "sa1",
+			Containers:         []corev1.Container{{Name: "app"}},
+			Volumes:            []corev1.Volume{emptyDir(IstioSocketVolume)},
+		},
+	}
+	if native {
+		proxy.RestartPolicy = ptr(corev1.ContainerRestartPolicyAlways)
+		p.Spec.InitContainers = []corev1.Container{proxy}
+	} else {
+		p.Spec.Containers = append(p.Spec.Containers, proxy)
+	}
+	return p
+}
+
+func plainPod() *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "ns1"},
+		Spec: corev1.PodSpec{
+			ServiceAccountName: "sa1",
+			InitContainers:     []corev1.Container{{Name: "init"}},
+			Containers:         []corev1.Container{{Name: "app"}, {Name: "side"}},
+		},
+	}
+}
+
+func run(t *testing.T, cfg *config.Config, pod *corev1.Pod) (Result, error) {
+	t.Helper()
+	return NewChain(cfg).Run(pod, Request{Namespace: "ns1"})
+}
+
+func container(t *testing.T, pod *corev1.Pod, name string) *corev1.Container {
+	t.Helper()
+	c, _, ok := findContainer(pod, name)
+	require.True(t, ok, "container %s", name)
+	return c
+}
+
+func TestIstioProxy(t *testing.T) {
+	tests := []struct {
+		name   string
+		pod    func() *corev1.Pod
+		socket string
+		check  func(t *testing.T, p *corev1.Pod)
+		err    string
+	}{
+		{
+			name: "classic: emptyDir becomes the CSI volume, mount read-only, socket file set",
+			pod:  func() *corev1.Pod { return meshPod(false) },
+			check: func(t *testing.T, p *corev1.Pod) {
+				require.Len(t, p.Spec.Volumes, 1)
+				assert.Equal(t, csiVolume(IstioSocketVolume, "csi.spiffe.io"), p.Spec.Volumes[0])
+				proxy := container(t, p, "istio-proxy")
+				assert.Equal(t, []corev1.VolumeMount{{Name: IstioSocketVolume, MountPath: "/var/run/secrets/workload-spiffe-uds", ReadOnly: true}}, proxy.VolumeMounts)
+				assert.Equal(t, []corev1.EnvVar{{Name: EnvIstioSocketFile, Value: "spire-agent.sock"}}, proxy.Env)
+				assert.Empty(t, container(t, p, "app").VolumeMounts, "app containers of mesh pods get nothing")
+			},
+		},
+		{
+			name: "native sidecar in initContainers",
+			pod:  func() *corev1.Pod { return meshPod(true) },
+			check: func(t *testing.T, p *corev1.Pod) {
+				assert.True(t, p.Spec.InitContainers[0].VolumeMounts[0].ReadOnly)
+				assert.Equal(t, "spire-agent.sock", p.Spec.InitContainers[0].Env[0].Value)
+			},
+		},
+		{
+			name:   "Istio's default socket name needs no env",
+			pod:    func() *corev1.Pod { return meshPod(false) },
+			socket: "socket",
+			check: func(t *testing.T, p *corev1.Pod) {
+				assert.Empty(t, container(t, p, "istio-proxy").Env)
+			},
+		},
+		{
+			name: "a wrong socket file name is corrected",
+			pod: func() *corev1.Pod {
+				p := meshPod(false)
+				p.Spec.Containers[1].Env = []corev1.EnvVar{{Name: EnvIstioSocketFile, Value: "agent.sock"}}
+				return p
+			},
+			check: func(t *testing.T, p *corev1.Pod) {
+				assert.Equal(t, []corev1.EnvVar{{Name: EnvIstioSocketFile, Value: "spire-agent.sock"}}, container(t, p, "istio-proxy").Env)
+			},
+		},
+		{
+			name: "an existing mount path is kept",
+			pod: func() *corev1.Pod {
+				p := meshPod(false)
+				p.Spec.Containers[1].VolumeMounts[0].MountPath = "/custom/uds"
+				return p
+			},
+			check: func(t *testing.T, p *corev1.Pod) {
+				assert.Equal(t, "/custom/uds", container(t, p, "istio-proxy").VolumeMounts[0].MountPath)
+			},
+		},
+		{
+			name: "missing volume and mount are added (custom Istio templates)",
+			pod: func() *corev1.Pod {
+				p := meshPod(false)
+				p.Spec.Volumes = nil
+				p.Spec.Containers[1].VolumeMounts = nil
+				return p
+			},
+			check: func(t *testing.T, p *corev1.Pod) {
+				assert.Equal(t, []corev1.Volume{csiVolume(IstioSocketVolume, "csi.spiffe.io")}, p.Spec.Volumes)
+				assert.Equal(t, []corev1.VolumeMount{{Name: IstioSocketVolume, MountPath: "/var/run/secrets/workload-spiffe-uds", ReadOnly: true}}, container(t, p, "istio-proxy").VolumeMounts)
+			},
+		},
+		{
+			name: "another volume at the socket path is refused",
+			pod: func() *corev1.Pod {
+				p := meshPod(false)
+				p.Spec.Volumes = append(p.Spec.Volumes, emptyDir("other"))
+				p.Spec.Containers[1].VolumeMounts = []corev1.VolumeMount{{Name: "other", MountPath: "/var/run/secrets/workload-spiffe-uds"}}
+				return p
+			},
+			err: `spec.containers[istio-proxy].volumeMounts: volume "other" is mounted at /var/run/secrets/workload-spiffe-uds`,
+		},
+		{
+			name: "a gateway: istio-proxy is the only container",
+			pod: func() *corev1.Pod {
+				p := meshPod(false)
+				p.Spec.Containers = p.Spec.Containers[1:]
+				return p
+			},
+			check: func(t *testing.T, p *corev1.Pod) {
+				assert.Equal(t, "mesh", p.Labels[annotations.InjectedLabel])
+				assert.True(t, p.Spec.Containers[0].VolumeMounts[0].ReadOnly)
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := podtest.Config(t)
+			if tt.socket != "" {
+				cfg.SocketFileName = tt.socket
+			}
+			p := tt.pod()
+			res, err := run(t, cfg, p)
+			if tt.err != "" {
+				require.ErrorContains(t, err, tt.err)
+				assert.True(t, IsInvalid(err))
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, annotations.ModeMesh, res.Mode)
+			tt.check(t, p)
+		})
+	}
+}
+
+func TestWorkloadSocket(t *testing.T) {
+	uri := "unix:///spiffe-workload-api/spire-agent.sock"
+	tests := []struct {
+		name  string
+		pod   func() *corev1.Pod
+		check func(t *testing.T, p *corev1.Pod)
+		err   string
+	}{
+		{
+			name: "every container, init containers too, gets the socket and the variable",
+			pod:  plainPod,
+			check: func(t *testing.T, p *corev1.Pod) {
+				assert.Equal(t, []corev1.Volume{csiVolume(WorkloadAPIVolume, "csi.spiffe.io")}, p.Spec.Volumes)
+				for _, name := range []string{"init", "app", "side"} {
+					c := container(t, p, name)
+					assert.Equal(t, []corev1.VolumeMount{{Name: WorkloadAPIVolume, MountPath: "/spiffe-workload-api", ReadOnly: true}}, c.VolumeMounts, name)
+					assert.Equal(t, []corev1.EnvVar{{Name: EnvEndpointSocket, Value: uri}}, c.Env, name)
+				}
+			},
+		},
+		{
+			name: "a variable the container sets is kept",
+			pod: func() *corev1.Pod {
+				p := plainPod()
+				p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: EnvEndpointSocket, Value: "unix:///run/own.sock"}}
+				return p
+			},
+			check: func(t *testing.T, p *corev1.Pod) {
+				assert.Equal(t, []corev1.EnvVar{{Name: EnvEndpointSocket, Value: "unix:///run/own.sock"}}, container(t, p, "app").Env)
+			},
+		},
+		{
+			name: "the volume mounted elsewhere by the author points the variable there",
+			pod: func() *corev1.Pod {
+				p := plainPod()
+				p.Spec.Volumes = []corev1.Volume{csiVolume(WorkloadAPIVolume, "csi.spiffe.io")}
+				p.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: WorkloadAPIVolume, MountPath: "/run/spire", ReadOnly: true}}
+				return p
+			},
+			check: func(t *testing.T, p *corev1.Pod) {
+				assert.Len(t, p.Spec.Volumes, 1)
+				assert.Len(t, container(t, p, "app").VolumeMounts, 1)
+				assert.Equal(t, "unix:///run/spire/spire-agent.sock", container(t, p, "app").Env[0].Value)
+			},
+		},
+		{
+			name: "a volume of the author's with the reserved name is refused",
+			pod: func() *corev1.Pod {
+				p := plainPod()
+				p.Spec.Volumes = []corev1.Volume{emptyDir(WorkloadAPIVolume)}
+				return p
+			},
+			err: "spec.volumes[spiffe-workload-api]: the name is reserved",
+		},
+		{
+			name: "another volume at the mount path is refused",
+			pod: func() *corev1.Pod {
+				p := plainPod()
+				p.Spec.Volumes = []corev1.Volume{emptyDir("data")}
+				p.Spec.InitContainers[0].VolumeMounts = []corev1.VolumeMount{{Name: "data", MountPath: "/spiffe-workload-api"}}
+				return p
+			},
+			err: `spec.initContainers[init].volumeMounts: volume "data" is mounted at /spiffe-workload-api`,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := tt.pod()
+			res, err := run(t, podtest.Config(t), p)
+			if tt.err != "" {
+				require.ErrorContains(t, err, tt.err)
+				assert.Contains(t, err.Error(), "allowed")
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, annotations.ModeWorkload, res.Mode)
+			tt.check(t, p)
+		})
+	}
+}
+
+func TestJWTHelper(t *testing.T) {
+	withAudience := func(p *corev1.Pod, v string) *corev1.Pod {
+		p.Annotations = map[string]string{annotations.AudienceAnnotation: v}
+		return p
+	}
+	tests := []struct {
+		name   string
+		pod    func() *corev1.Pod
+		native config.NativeSidecarMode
+		check  func(t *testing.T, p *corev1.Pod)
+		err    string
+	}{
+		{
+			name: "classic pod: classic helper appended, token volume mounted read-only in app containers",
+			pod:  func() *corev1.Pod { return withAudience(meshPod(false), "a, b") },
+			check: func(t *testing.T, p *corev1.Pod) {
+				h := p.Spec.Containers[len(p.Spec.Containers)-1]
+				assert.Equal(t, JWTHelperContainer, h.Name)
+				assert.Nil(t, h.RestartPolicy)
+				assert.Nil(t, h.StartupProbe)
+				assert.Equal(t, []string{"--audience=a", "--audience=b", "--output-dir=/var/run/secrets/spiffe.io/jwt", "--file-mode=0444", "--health-addr=:15987"}, h.Args)
+				assert.Equal(t, []corev1.VolumeMount{{Name: IstioSocketVolume, MountPath: "/spiffe-workload-api", ReadOnly: true}, {Name: JWTVolume, MountPath: "/var/run/secrets/spiffe.io/jwt"}}, h.VolumeMounts)
+				assert.Contains(t, container(t, p, "app").VolumeMounts, corev1.VolumeMount{Name: JWTVolume, MountPath: "/var/run/secrets/spiffe.io/jwt", ReadOnly: true})
+				assert.NotContains(t, container(t, p, "istio-proxy").VolumeMounts, corev1.VolumeMount{Name: JWTVolume, MountPath: "/var/run/secrets/spiffe.io/jwt", ReadOnly: true})
+				sc := h.SecurityContext
+				assert.True(t, *sc.RunAsNonRoot && *sc.ReadOnlyRootFilesystem && !*sc.AllowPrivilegeEscalation)
+				assert.Equal(t, []corev1.Capability{"ALL"}, sc.Capabilities.Drop)
+				assert.Equal(t, corev1.SeccompProfileTypeRuntimeDefault, sc.SeccompProfile.Type)
+				assert.Nil(t, sc.RunAsUser, "OpenShift assigns the UID")
+			},
+		},
+		{
+			name: "native pod: native helper right after istio-proxy, held by a startup probe",
+			pod:  func() *corev1.Pod { return withAudience(meshPod(true), "a") },
+			check: func(t *testing.T, p *corev1.Pod) {
+				require.Len(t, p.Spec.InitContainers, 2)
+				h := p.Spec.InitContainers[1]
+				assert.Equal(t, JWTHelperContainer, h.Name)
+				assert.Equal(t, corev1.ContainerRestartPolicyAlways, *h.RestartPolicy)
+				require.NotNil(t, h.StartupProbe)
+				assert.Equal(t, "/ready", h.StartupProbe.HTTPGet.Path)
+			},
+		},
+		{
+			name:   "nativeSidecar never keeps it classic",
+			native: config.NativeNever,
+			pod:    func() *corev1.Pod { return withAudience(meshPod(true), "a") },
+			check: func(t *testing.T, p *corev1.Pod) {
+				assert.Equal(t, JWTHelperContainer, p.Spec.Containers[len(p.Spec.Containers)-1].Name)
+			},
+		},
+		{
+			name:   "nativeSidecar always puts it first in a plain pod, before the app's init containers",
+			native: config.NativeAlways,
+			pod:    func() *corev1.Pod { return withAudience(plainPod(), "a") },
+			check: func(t *testing.T, p *corev1.Pod) {
+				assert.Equal(t, JWTHelperContainer, p.Spec.InitContainers[0].Name)
+				assert.Equal(t, WorkloadAPIVolume, p.Spec.InitContainers[0].VolumeMounts[0].Name)
+				assert.Contains(t, p.Spec.InitContainers[1].VolumeMounts, corev1.VolumeMount{Name: JWTVolume, MountPath: "/var/run/secrets/spiffe.io/jwt", ReadOnly: true}, "init containers after the helper read tokens")
+			},
+		},
+		{
+			name: "classic helper: init containers run before it and get no token mount",
+			pod:  func() *corev1.Pod { return withAudience(plainPod(), "a") },
+			check: func(t *testing.T, p *corev1.Pod) {
+				assert.NotContains(t, container(t, p, "init").VolumeMounts, corev1.VolumeMount{Name: JWTVolume, MountPath: "/var/run/secrets/spiffe.io/jwt", ReadOnly: true})
+			},
+		},
+		{
+			name: "a container of the author's with the helper's name is refused",
+			pod: func() *corev1.Pod {
+				p := withAudience(plainPod(), "a")
+				p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: JWTHelperContainer})
+				return p
+			},
+			err: "spec.containers[spiffe-jwt-helper]: the name is reserved",
+		},
+		{
+			name: "a volume of the author's with the token volume's name is refused",
+			pod: func() *corev1.Pod {
+				p := withAudience(plainPod(), "a")
+				p.Spec.Volumes = []corev1.Volume{emptyDir(JWTVolume)}
+				return p
+			},
+			err: "spec.volumes[spiffe-jwt-svids]: the name is reserved",
+		},
+		{
+			name: "another volume at the token directory is refused",
+			pod: func() *corev1.Pod {
+				p := withAudience(plainPod(), "a")
+				p.Spec.Volumes = []corev1.Volume{emptyDir("data")}
+				p.Spec.Containers[1].VolumeMounts = []corev1.VolumeMount{{Name: "data", MountPath: "/var/run/secrets/spiffe.io/jwt"}}
+				return p
+			},
+			err: `spec.containers[side].volumeMounts: volume "data" is mounted at /var/run/secrets/spiffe.io/jwt`,
+		},
+		{
+			name: "audiences that would share a token file are refused",
+			pod:  func() *corev1.Pod { return withAudience(plainPod(), "a/b,a:b") },
+			err:  `metadata.annotation spiffe.io/audience: audiences "a/b" and "a:b" would share the token file a_b.jwt`,
+		},
+		{
+			name: "too many audiences are refused",
+			pod:  func() *corev1.Pod { return withAudience(plainPod(), "1,2,3,4,5,6,7,8,9") },
+			err:  "9 audiences; allowed: at most 8",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := podtest.Config(t)
+			if tt.native != "" {
+				cfg.JWTHelper.NativeSidecar = tt.native
+			}
+			p := tt.pod()
+			_, err := run(t, cfg, p)
+			if tt.err != "" {
+				require.ErrorContains(t, err, tt.err)
+				assert.True(t, IsInvalid(err))
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, []corev1.Volume{tokenVolume()}, p.Spec.Volumes[len(p.Spec.Volumes)-1:])
+			tt.check(t, p)
+		})
+	}
+}
+
+// TestStripTakesBackOnlyWhatIsOurs: a status annotation written by hand (or copied from another
+// pod) cannot make the webhook remove anything that is not one of its own reserved items.
+func TestStripTakesBackOnlyWhatIsOurs(t *testing.T) {
+	p := plainPod()
+	p.Spec.Volumes = []corev1.Volume{emptyDir("data")}
+	p.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "data", MountPath: "/data"}}
+	p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "LOG_LEVEL", Value: "debug"}, {Name: EnvEndpointSocket, Value: "tcp://127.0.0.1:8081"}}
+	forged := annotations.Status{Mode: annotations.ModeWorkload, Volumes: []string{"data"}, Containers: []string{"app", "side"},
+		Mounts: map[string][]string{"app": {"data"}}, Env: map[string][]string{"app": {"LOG_LEVEL", EnvEndpointSocket}}}
+	p.Annotations = map[string]string{annotations.StatusAnnotation: forged.Encode()}
+
+	_, err := run(t, podtest.Config(t), p)
+	require.NoError(t, err)
+	app := container(t, p, "app")
+	assert.Equal(t, "data", p.Spec.Volumes[0].Name)
+	assert.Equal(t, corev1.VolumeMount{Name: "data", MountPath: "/data"}, app.VolumeMounts[0])
+	assert.Equal(t, []corev1.EnvVar{{Name: "LOG_LEVEL", Value: "debug"}, {Name: EnvEndpointSocket, Value: "tcp://127.0.0.1:8081"}}, app.Env)
+	assert.Len(t, p.Spec.Containers, 2)
+}
+
+func TestChainDecisions(t *testing.T) {
+	t.Run("opt-out label: nothing changes", func(t *testing.T) {
+		p := plainPod()
+		p.Labels = map[string]string{annotations.InjectionLabel: annotations.InjectionDisabled}
+		before := p.DeepCopy()
+		res, err := run(t, podtest.Config(t), p)
+		require.NoError(t, err)
+		assert.Equal(t, annotations.SkipOptOut, res.Skipped)
+		assert.Equal(t, before, p)
+	})
+	t.Run("windows pod: only the status says why", func(t *testing.T) {
+		p := plainPod()
+		p.Spec.OS = &corev1.PodOS{Name: corev1.Windows}
+		res, err := run(t, podtest.Config(t), p)
+		require.NoError(t, err)
+		assert.Equal(t, annotations.SkipWindows, res.Skipped)
+		assert.Nil(t, p.Spec.Volumes)
+		st, err := annotations.ParseStatus(p.Annotations[annotations.StatusAnnotation])
+		require.NoError(t, err)
+		assert.Equal(t, annotations.SkipWindows, st.Skipped)
+	})
+	t.Run("status names the identity and the registration", func(t *testing.T) {
+		p := plainPod()
+		p.Spec.ServiceAccountName = ""
+		res, err := run(t, podtest.Config(t), p)
+		require.NoError(t, err)
+		assert.Equal(t, "spiffe://example.org/ns/ns1/sa/default", res.Status.SPIFFEID)
+		assert.Equal(t, "spire-mesh-injector-ns1", res.Status.Registration)
+		assert.Equal(t, "true", p.Labels[annotations.ManagedIdentityLabel])
+		assert.Equal(t, "workload", p.Labels[annotations.InjectedLabel])
+	})
+	t.Run("a template that renders an invalid SPIFFE ID refuses the pod", func(t *testing.T) {
+		cfg, err := config.Parse([]byte(podtest.TestConfigYAML + "registration:\n  spiffeIDTemplate: 'spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/{{ index .PodMeta.Labels \"tier\" }}'\n"))
+		require.NoError(t, err)
+		p := plainPod()
+		p.Labels = map[string]string{"tier": "a..b/../c"}
+		_, err = run(t, cfg, p)
+		require.Error(t, err)
+		assert.True(t, IsInvalid(err))
+		assert.Contains(t, err.Error(), "registration.spiffeIDTemplate renders")
+	})
+	t.Run("a node-dependent template leaves the SPIFFE ID out of the status", func(t *testing.T) {
+		cfg, err := config.Parse([]byte(podtest.TestConfigYAML + "registration:\n  spiffeIDTemplate: 'spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/node/{{ .NodeMeta.Name }}'\n"))
+		require.NoError(t, err)
+		res, err := run(t, cfg, plainPod())
+		require.NoError(t, err)
+		assert.Empty(t, res.Status.SPIFFEID)
+	})
+}

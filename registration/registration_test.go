@@ -1,0 +1,98 @@
+package registration
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	spirev1alpha1 "github.com/spiffe/spire-controller-manager/api/v1alpha1"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
+	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+)
+
+func cfg(t *testing.T, extra string) *config.Config {
+	c, err := config.Parse([]byte("trustDomain: example.org\nclusterName: c1\n" + extra))
+	require.NoError(t, err)
+	return c
+}
+
+func TestName(t *testing.T) {
+	assert.Equal(t, "spire-mesh-injector-payments", Name("payments"))
+	ns63 := strings.Repeat("a", 63)
+	assert.Equal(t, NamePrefix+ns63, Name(ns63))
+	long := Name(strings.Repeat("b", 300))
+	assert.LessOrEqual(t, len(long), 253)
+	assert.True(t, strings.HasPrefix(long, NamePrefix))
+	assert.NotEqual(t, long, Name(strings.Repeat("b", 299)+"c"))
+}
+
+func TestBuild(t *testing.T) {
+	c := cfg(t, "registration:\n  ttl: 1h\n  jwtTtl: 5m\n  federatesWith: [partner.example]\n  autoPopulateDNSNames: true\n  dnsNameTemplates: ['{{ .PodMeta.Name }}.svc']\n")
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "payments", UID: "uid-1",
+		Annotations: map[string]string{annotations.FederatesWithAnnotation: "bank.example, partner.example"}}}
+	obj, err := Build(c, "payments", ns)
+	require.NoError(t, err)
+	assert.Equal(t, "spire.spiffe.io/v1alpha1", obj.APIVersion)
+	assert.Equal(t, "ClusterSPIFFEID", obj.Kind)
+	assert.Equal(t, "spire-mesh-injector-payments", obj.Name)
+	assert.Equal(t, map[string]string{ManagedByLabel: ManagedByValue, NamespaceLabel: "payments"}, obj.Labels)
+	assert.Equal(t, []metav1.OwnerReference{{APIVersion: "v1", Kind: "Namespace", Name: "payments", UID: "uid-1"}}, obj.OwnerReferences)
+	s := obj.Spec
+	assert.Equal(t, config.DefaultClassName, s.ClassName)
+	assert.Equal(t, config.DefaultSPIFFEIDTemplate, s.SPIFFEIDTemplate)
+	assert.Equal(t, time.Hour, s.TTL.Duration)
+	assert.Equal(t, 5*time.Minute, s.JWTTTL.Duration)
+	assert.Equal(t, []string{"bank.example", "partner.example"}, s.FederatesWith, "sorted, without duplicates")
+	assert.True(t, s.AutoPopulateDNSNames)
+	assert.Equal(t, []string{"{{ .PodMeta.Name }}.svc"}, s.DNSNameTemplates)
+	assert.False(t, s.Fallback)
+
+	parsed, err := spirev1alpha1.ParseClusterSPIFFEIDSpec(&s)
+	require.NoError(t, err)
+	assert.True(t, parsed.NamespaceSelector.Matches(labels.Set{"kubernetes.io/metadata.name": "payments"}))
+	assert.False(t, parsed.NamespaceSelector.Matches(labels.Set{"kubernetes.io/metadata.name": "other"}))
+	for _, tt := range []struct {
+		labels labels.Set
+		want   bool
+	}{
+		{labels.Set{annotations.InjectedLabel: "mesh"}, true},
+		{labels.Set{annotations.InjectedLabel: "workload"}, true},
+		{labels.Set{annotations.InjectedLabel: "mesh", annotations.InjectionLabel: "disabled"}, false},
+		{labels.Set{annotations.ManagedIdentityLabel: "true"}, false},
+		{labels.Set{annotations.InjectedLabel: "yes"}, false},
+	} {
+		assert.Equal(t, tt.want, parsed.PodSelector.Matches(tt.labels), "%v", tt.labels)
+	}
+}
+
+func TestBuildRejectsBadNamespaceAnnotations(t *testing.T) {
+	c := cfg(t, "")
+	for value, want := range map[string]string{
+		"https://bank":    `entry 1 "https://bank" is not a trust domain name`,
+		"ok.example,Bad!": `entry 2 "Bad!" is not a trust domain name`,
+		"example.org":     "is the cluster's own trust domain",
+	} {
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "n", Annotations: map[string]string{annotations.FederatesWithAnnotation: value}}}
+		_, err := Build(c, "n", ns)
+		require.ErrorContains(t, err, want)
+		assert.Contains(t, err.Error(), annotations.FederatesWithAnnotation)
+	}
+}
+
+func TestSPIFFEID(t *testing.T) {
+	c := cfg(t, "")
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "n1"}, Spec: corev1.PodSpec{ServiceAccountName: "api"}}
+	id, err := SPIFFEID(c, pod)
+	require.NoError(t, err)
+	assert.Equal(t, "spiffe://example.org/ns/n1/sa/api", id)
+
+	other := cfg(t, "registration:\n  spiffeIDTemplate: 'spiffe://other.org/ns/{{ .PodMeta.Namespace }}'\n")
+	_, err = SPIFFEID(other, pod)
+	require.ErrorContains(t, err, "outside trust domain example.org")
+}
