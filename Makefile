@@ -10,28 +10,36 @@ FUZZTIME ?= 10s
 FUZZTIME_LONG ?= 5m
 FUZZ_TARGETS := FuzzChainShapes FuzzChainJSON
 
-.PHONY: all build test lint unit fuzz-brief fuzz bench example image-build clean
+TOOLS := test/tools/build.sh
+
+.PHONY: all build test lint unit fuzz-brief fuzz bench example demo tools clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/spire-mesh-injector ./cmd/spire-mesh-injector
 
-## test: everything CI runs: formatting, vet, unit/golden/integration tests, and a brief fuzz of each target.
+## test: everything CI runs: formatting, vet, unit, golden and envtest suites (a real kube-apiserver
+## and etcd, built once from the Go module proxy and cached), and a brief fuzz of each target.
 test: lint unit fuzz-brief
 
 lint:
-	@unformatted=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	@unformatted=$$(gofmt -l $$(git ls-files --cached --others --exclude-standard '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
 
+## tools: build (or reuse) kube-apiserver, etcd and kubectl; prints their folder.
+tools:
+	@$(TOOLS) kube
+
 unit:
-	$(GO) test -count=1 ./...
+	@assets=$$($(TOOLS) kube) && \
+	  KUBEBUILDER_ASSETS=$$assets SMI_REQUIRE_ENVTEST=1 $(GO) test -count=1 ./...
 
 fuzz-brief:
 	@for t in $(FUZZ_TARGETS); do \
 	  echo "fuzz $$t for $(FUZZTIME)"; \
-	  $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) ./webhook || exit 1; \
+	  $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 30s ./webhook || exit 1; \
 	done
 
 ## fuzz: each fuzz target for FUZZTIME_LONG.
@@ -46,6 +54,10 @@ bench:
 	@mkdir -p bench-results
 	$(GO) test -run '^$$' -bench '^BenchmarkAdmission$$' -benchmem -count 8 ./webhook | tee bench-results/webhook.txt
 	@$(GO) run ./test/benchratio bench-results/webhook.txt
+
+## demo: the webhook against a local kube-apiserver and etcd (no cluster needed); KEEP=1 leaves it running.
+demo:
+	@assets=$$($(TOOLS) kube) && KUBEBUILDER_ASSETS=$$assets $(GO) run ./test/demo $(if $(KEEP),--keep)
 
 ## example: the offline preview on the shipped example (the README's first command).
 example:

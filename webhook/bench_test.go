@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"context"
 	"io"
 	"testing"
 
@@ -47,7 +48,7 @@ func floor(body []byte) ([]byte, error) {
 // that -count interleaves them: the ratio handler/floor is what `make bench` reports.
 func BenchmarkAdmission(b *testing.B) {
 	log := zap.New(zap.WriteTo(io.Discard))
-	h := NewHandler(mutators.NewChain(podtest.Config(b)), log, NewMetrics(prometheus.NewRegistry()))
+	h := NewHandler(mutators.NewChain(podtest.Config(b)), nil, log, NewMetrics(prometheus.NewRegistry()))
 	for _, bb := range benchBodies(b) {
 		b.Run(bb.name+"/floor", func(b *testing.B) {
 			b.SetBytes(int64(len(bb.body)))
@@ -62,7 +63,7 @@ func BenchmarkAdmission(b *testing.B) {
 			b.SetBytes(int64(len(bb.body)))
 			b.ReportAllocs()
 			for b.Loop() {
-				out, err := h.Handle(bb.body)
+				out, err := h.Handle(context.Background(), bb.body)
 				if err != nil || len(out) == 0 {
 					b.Fatal(err)
 				}

@@ -4,6 +4,7 @@
 package webhook
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -38,18 +39,30 @@ var (
 	reviewGV    = schema.GroupVersion{Group: "admission.k8s.io", Version: "v1"}
 )
 
-// Handler serves admission reviews for pod creation.
-type Handler struct {
-	run     func(*corev1.Pod, mutators.Request) (mutators.Result, error)
-	policy  config.FailurePolicy
-	log     logr.Logger
-	metrics *Metrics
-	now     func() time.Time
+// RegistrationTimeout bounds the registration ensure inside one admission; the webhook's
+// timeoutSeconds (5) must leave room for it.
+const RegistrationTimeout = 3 * time.Second
+
+// Registrar ensures that the namespace of a pod the webhook wired has its ClusterSPIFFEID
+// (registration.Ensurer). It is the handler's only side effect, skipped on dry runs.
+type Registrar interface {
+	Ensure(ctx context.Context, namespace string, pod *corev1.Pod) error
 }
 
-// NewHandler returns a handler that runs chain and reports to log and metrics.
-func NewHandler(chain *mutators.Chain, log logr.Logger, metrics *Metrics) *Handler {
-	return &Handler{run: chain.Run, policy: chain.Config().FailurePolicy, log: log, metrics: metrics, now: time.Now}
+// Handler serves admission reviews for pod creation.
+type Handler struct {
+	run       func(*corev1.Pod, mutators.Request) (mutators.Result, error)
+	registrar Registrar
+	policy    config.FailurePolicy
+	log       logr.Logger
+	metrics   *Metrics
+	now       func() time.Time
+}
+
+// NewHandler returns a handler that runs chain, ensures registrations with registrar (nil: none,
+// as in the offline preview) and reports to log and metrics.
+func NewHandler(chain *mutators.Chain, registrar Registrar, log logr.Logger, metrics *Metrics) *Handler {
+	return &Handler{run: chain.Run, registrar: registrar, policy: chain.Config().FailurePolicy, log: log, metrics: metrics, now: time.Now}
 }
 
 // ServeHTTP decodes an AdmissionReview, reviews its request and writes the response review.
@@ -74,7 +87,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "reading request body: "+err.Error(), http.StatusBadRequest)
 		return
 	}
-	out, err := h.Handle(body)
+	out, err := h.Handle(r.Context(), body)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
@@ -86,12 +99,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // Handle decodes one AdmissionReview body, reviews its request and returns the encoded response
 // review. An error means the body is not an admission.k8s.io/v1 AdmissionReview with a request.
-func (h *Handler) Handle(body []byte) ([]byte, error) {
+func (h *Handler) Handle(ctx context.Context, body []byte) ([]byte, error) {
 	review, err := DecodeReview(body)
 	if err != nil {
 		return nil, err
 	}
-	return EncodeResponse(h.Review(review.Request))
+	return EncodeResponse(h.Review(ctx, review.Request))
 }
 
 // DecodeReview decodes an admission.k8s.io/v1 AdmissionReview with the API machinery's JSON rules
@@ -131,24 +144,24 @@ func EncodeResponse(resp *admissionv1.AdmissionResponse) ([]byte, error) {
 }
 
 // Review decides one admission request.
-func (h *Handler) Review(req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
-	log := h.log.WithValues("uid", req.UID, "namespace", req.Namespace, "pod", podName(req))
+func (h *Handler) Review(ctx context.Context, req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
+	log := h.log.WithValues("uid", req.UID, "namespace", req.Namespace)
 	if req.Kind != podKind || req.Resource != podResource || req.SubResource != "" || req.Operation != admissionv1.Create {
 		h.metrics.admissions.WithLabelValues(ResultSkipped, string(annotations.SkipNotPod)).Inc()
-		log.Info("skipped", "decision", ResultSkipped, "reason", annotations.SkipNotPod,
+		log.Info("skipped", "name", podName(req), "decision", ResultSkipped, "reason", annotations.SkipNotPod,
 			"kind", req.Kind.String(), "resource", req.Resource.String(), "subResource", req.SubResource, "operation", req.Operation)
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}
 	}
 	if len(req.Object.Raw) == 0 {
-		return h.deny(log, req, "request.object: missing; allowed: the Pod being created")
+		return h.deny(log.WithValues("pod", podName(req)), req, "request.object: missing; allowed: the Pod being created")
 	}
 	pod, err := DecodePod(req.Object.Raw)
 	if err != nil {
-		return h.deny(log, req, "request.object: not a valid Pod: "+err.Error())
+		return h.deny(log.WithValues("pod", podName(req)), req, "request.object: not a valid Pod: "+err.Error())
 	}
 	log = log.WithValues("pod", podNameOf(pod))
 
-	ops, res, err := h.mutate(pod, req.Namespace)
+	mut, ops, res, err := h.mutate(pod, req.Namespace)
 	switch {
 	case err != nil && mutators.IsInvalid(err):
 		return h.deny(log, req, err.Error())
@@ -172,29 +185,57 @@ func (h *Handler) Review(req *admissionv1.AdmissionRequest) *admissionv1.Admissi
 		resp.Patch, resp.PatchType = patch, &pt
 		h.metrics.patchBytes.Observe(float64(len(patch)))
 	}
-	if res.Skipped == "" {
-		h.metrics.admissions.WithLabelValues(ResultMutated, string(res.Mode)).Inc()
-		log.Info("wired", "decision", ResultMutated, "mode", res.Mode, "spiffeID", res.Status.SPIFFEID,
-			"registration", res.Status.Registration, "operations", len(ops), "dryRun", req.DryRun != nil && *req.DryRun)
+	if res.Skipped != "" {
+		return resp
 	}
+	dryRun := req.DryRun != nil && *req.DryRun
+	if h.registrar != nil && !dryRun {
+		rctx, cancel := context.WithTimeout(ctx, RegistrationTimeout)
+		err := h.registrar.Ensure(rctx, req.Namespace, mut)
+		cancel()
+		if err != nil {
+			return h.registrationFailed(log, req, resp, err)
+		}
+	}
+	h.metrics.admissions.WithLabelValues(ResultMutated, string(res.Mode)).Inc()
+	log.Info("wired", "decision", ResultMutated, "mode", res.Mode, "spiffeID", res.Status.SPIFFEID,
+		"registration", res.Status.Registration, "operations", len(ops), "dryRun", dryRun)
 	return resp
+}
+
+// registrationFailed applies the failure policy when the pod is wired but its namespace's
+// ClusterSPIFFEID could not be ensured: Fail denies the pod; Ignore admits it wired, with a
+// warning, so it gets its identity as soon as the reconciler repairs the registration.
+func (h *Handler) registrationFailed(log logr.Logger, req *admissionv1.AdmissionRequest, wired *admissionv1.AdmissionResponse, err error) *admissionv1.AdmissionResponse {
+	if h.policy == config.FailFail {
+		h.metrics.admissions.WithLabelValues(ResultDenied, "registration-failed").Inc()
+		log.Error(err, "denied: registration not ensured (failurePolicy Fail)", "decision", ResultDenied)
+		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: false, Result: &metav1.Status{
+			Status: metav1.StatusFailure, Code: http.StatusInternalServerError, Reason: metav1.StatusReasonInternalError,
+			Message: "spire-mesh-injector: pod not admitted (failurePolicy Fail): " + err.Error(),
+		}}
+	}
+	h.metrics.admissions.WithLabelValues(ResultError, "registration-failed").Inc()
+	log.Error(err, "admitted wired, registration not ensured (failurePolicy Ignore)", "decision", ResultError)
+	wired.Warnings = []string{truncate("spire-mesh-injector: no SPIRE identity until the registration is repaired: "+err.Error(), maxWarning)}
+	return wired
 }
 
 // mutate runs the chain on pod and returns the patch. A panic in a mutator is an internal fault,
 // not a crash of the server.
-func (h *Handler) mutate(pod *corev1.Pod, namespace string) (ops []jsonPatchOp, res mutators.Result, err error) {
+func (h *Handler) mutate(pod *corev1.Pod, namespace string) (mut *corev1.Pod, ops []jsonPatchOp, res mutators.Result, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("panic in mutator chain: %v", r)
 		}
 	}()
-	mut := mutators.CopyForMutation(pod)
+	mut = mutators.CopyForMutation(pod)
 	res, err = h.run(mut, mutators.Request{Namespace: namespace})
 	if err != nil {
-		return nil, res, err
+		return nil, nil, res, err
 	}
 	ops, err = Patch(pod, mut)
-	return ops, res, err
+	return mut, ops, res, err
 }
 
 // deny refuses a pod for a reason its author can fix. allowed:false rejects whatever the

@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -28,12 +29,12 @@ const fixtures = "../mutators/testdata/"
 
 func newHandler(t testing.TB, cfg *config.Config) (*Handler, *prometheus.Registry) {
 	reg := prometheus.NewRegistry()
-	return NewHandler(mutators.NewChain(cfg), logr.Discard(), NewMetrics(reg)), reg
+	return NewHandler(mutators.NewChain(cfg), nil, logr.Discard(), NewMetrics(reg)), reg
 }
 
 func review(t *testing.T, h *Handler, body []byte) *admissionv1.AdmissionResponse {
 	t.Helper()
-	out, err := h.Handle(body)
+	out, err := h.Handle(context.Background(), body)
 	require.NoError(t, err)
 	var r admissionv1.AdmissionReview
 	require.NoError(t, json.Unmarshal(out, &r))
@@ -279,4 +280,75 @@ func mustJSON(t testing.TB, v any) []byte {
 	b, err := json.Marshal(v)
 	require.NoError(t, err)
 	return b
+}
+
+type fakeRegistrar struct {
+	calls []string
+	pods  []*corev1.Pod
+	err   error
+}
+
+func (f *fakeRegistrar) Ensure(ctx context.Context, ns string, pod *corev1.Pod) error {
+	if _, ok := ctx.Deadline(); !ok {
+		return errors.New("no deadline")
+	}
+	f.calls = append(f.calls, ns)
+	f.pods = append(f.pods, pod)
+	return f.err
+}
+
+func TestRegistrationAtAdmission(t *testing.T) {
+	js := podJSON(t, "plain-workload")
+	yes := true
+	dry := podtest.Request("payments", js)
+	dry.DryRun = &yes
+	ensureErr := errors.New("ClusterSPIFFEID spire-mesh-injector-payments for namespace payments could not be ensured: CRD missing")
+	tests := []struct {
+		name    string
+		req     *admissionv1.AdmissionRequest
+		err     error
+		policy  config.FailurePolicy
+		calls   int
+		allowed bool
+		patched bool
+		warning string
+		message string
+	}{
+		{name: "wired pod: ensured before answering", req: podtest.Request("payments", js), calls: 1, allowed: true, patched: true},
+		{name: "dry run: wired, nothing created", req: dry, calls: 0, allowed: true, patched: true},
+		{name: "skipped pod: nothing ensured", req: podtest.Request("shop", podJSON(t, "opt-out")), calls: 0, allowed: true},
+		{name: "failure, Ignore: admitted wired with a warning", req: podtest.Request("payments", js), err: ensureErr, policy: config.FailIgnore,
+			calls: 1, allowed: true, patched: true, warning: "no SPIRE identity until the registration is repaired"},
+		{name: "failure, Fail: denied with the cause", req: podtest.Request("payments", js), err: ensureErr, policy: config.FailFail,
+			calls: 1, allowed: false, message: "pod not admitted (failurePolicy Fail): ClusterSPIFFEID spire-mesh-injector-payments for namespace payments could not be ensured: CRD missing"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := podtest.Config(t)
+			if tt.policy != "" {
+				cfg.FailurePolicy = tt.policy
+			}
+			reg := prometheus.NewRegistry()
+			fr := &fakeRegistrar{err: tt.err}
+			h := NewHandler(mutators.NewChain(cfg), fr, logr.Discard(), NewMetrics(reg))
+			resp := review(t, h, podtest.ReviewBody(t, tt.req))
+			assert.Len(t, fr.calls, tt.calls)
+			if tt.calls > 0 {
+				assert.Equal(t, tt.req.Namespace, fr.calls[0])
+				assert.Equal(t, "workload", fr.pods[0].Labels[annotations.InjectedLabel], "the registrar sees the wired pod")
+			}
+			assert.Equal(t, tt.allowed, resp.Allowed)
+			assert.Equal(t, tt.patched, resp.Patch != nil)
+			if tt.warning != "" {
+				require.Len(t, resp.Warnings, 1)
+				assert.Contains(t, resp.Warnings[0], tt.warning)
+				assert.LessOrEqual(t, len(resp.Warnings[0]), 120)
+				assert.Equal(t, 1.0, testutil.ToFloat64(h.metrics.admissions.WithLabelValues(ResultError, "registration-failed")))
+			}
+			if tt.message != "" {
+				assert.Contains(t, resp.Result.Message, tt.message)
+				assert.Equal(t, 1.0, testutil.ToFloat64(h.metrics.admissions.WithLabelValues(ResultDenied, "registration-failed")))
+			}
+		})
+	}
 }

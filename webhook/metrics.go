@@ -2,6 +2,8 @@ package webhook
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/promutil"
 )
 
 // Result label values of the admissions metric.
@@ -39,6 +41,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(64, 2, 10),
 		}),
 	}
-	reg.MustRegister(m.admissions, m.duration, m.patchBytes)
+	m.admissions = promutil.Register(reg, m.admissions)
+	m.duration = promutil.Register(reg, m.duration)
+	m.patchBytes = promutil.Register(reg, m.patchBytes)
 	return m
 }

@@ -1,0 +1,258 @@
+package registration
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"text/template"
+	"time"
+
+	spirev1alpha1 "github.com/spiffe/spire-controller-manager/api/v1alpha1"
+	"golang.org/x/sync/singleflight"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/record"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
+	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+)
+
+// ManagedIndex is the cache field index that tells the webhook's ClusterSPIFFEIDs ("true") from
+// everybody else's ("false"), so that looking at other registrations costs no scan of ours.
+const ManagedIndex = "spire-mesh-injector.io/managed"
+
+// recentTTL is how long a namespace whose registration was just created is trusted to have one
+// while the cache catches up with the create: admissions in the meantime need no API call.
+const recentTTL = 30 * time.Second
+
+// Reason values of an EnsureError, used as metric labels and Event reasons.
+const (
+	ReasonCRDMissing = "CRDMissing"
+	ReasonForbidden  = "Forbidden"
+	ReasonConflict   = "Conflict"
+	ReasonInvalid    = "InvalidNamespaceAnnotation"
+	ReasonAPIError   = "APIError"
+)
+
+// EnsureError says why a namespace's ClusterSPIFFEID could not be ensured and what to do about it.
+type EnsureError struct {
+	Namespace, Name, Reason string
+	Err                     error
+}
+
+func (e *EnsureError) Error() string {
+	return fmt.Sprintf("ClusterSPIFFEID %s for namespace %s could not be ensured: %v", e.Name, e.Namespace, e.Err)
+}
+
+func (e *EnsureError) Unwrap() error { return e.Err }
+
+// Ensurer makes sure, at admission, that the namespace of a pod the webhook wired has its
+// ClusterSPIFFEID, so spire-controller-manager attaches identity with nothing written by hand. In
+// the steady state it reads only the controller-runtime cache: no API call per admission.
+type Ensurer struct {
+	cfg      *config.Config
+	reader   client.Reader // the cache
+	writer   client.Writer // the API server
+	recorder record.EventRecorder
+	metrics  *Metrics
+	now      func() time.Time
+
+	inflight singleflight.Group
+	recent   sync.Map // namespace -> time.Time of the last create (or AlreadyExists)
+}
+
+// NewEnsurer returns an Ensurer reading through reader (a cache with the ManagedIndex field index)
+// and creating through writer.
+func NewEnsurer(cfg *config.Config, reader client.Reader, writer client.Writer, recorder record.EventRecorder, metrics *Metrics) *Ensurer {
+	return &Ensurer{cfg: cfg, reader: reader, writer: writer, recorder: recorder, metrics: metrics, now: time.Now}
+}
+
+// Ensure makes sure namespace ns's ClusterSPIFFEID exists before pod, already wired, is admitted,
+// and that no registration of somebody else's gives the same pod another SPIFFE ID. It is never
+// called for dry-run requests.
+func (e *Ensurer) Ensure(ctx context.Context, ns string, pod *corev1.Pod) error {
+	err := e.ensure(ctx, ns, pod)
+	if err != nil {
+		var ee *EnsureError
+		if !errors.As(err, &ee) {
+			ee = &EnsureError{Namespace: ns, Name: Name(ns), Reason: ReasonAPIError, Err: err}
+			err = ee
+		}
+		e.metrics.ensures.WithLabelValues("error", ee.Reason).Inc()
+		if e.recorder != nil {
+			e.recorder.Eventf(namespaceRef(ns, ""), corev1.EventTypeWarning, "Registration"+ee.Reason, "%v", ee.Err)
+		}
+	}
+	return err
+}
+
+func (e *Ensurer) ensure(ctx context.Context, ns string, pod *corev1.Pod) error {
+	name := Name(ns)
+	var nsMeta *metav1.PartialObjectMetadata
+	getNamespace := func() (*metav1.PartialObjectMetadata, error) {
+		if nsMeta != nil {
+			return nsMeta, nil
+		}
+		m := namespaceMeta()
+		if err := e.reader.Get(ctx, types.NamespacedName{Name: ns}, m); err != nil {
+			return nil, fmt.Errorf("reading namespace %s: %w", ns, err)
+		}
+		nsMeta = m
+		return m, nil
+	}
+	if err := e.checkConflicts(ctx, ns, pod, getNamespace); err != nil {
+		return err
+	}
+
+	existing := &spirev1alpha1.ClusterSPIFFEID{}
+	err := e.reader.Get(ctx, types.NamespacedName{Name: name}, existing)
+	switch {
+	case err == nil:
+		if existing.Labels[ManagedByLabel] != ManagedByValue {
+			return &EnsureError{Namespace: ns, Name: name, Reason: ReasonConflict,
+				Err: fmt.Errorf("a ClusterSPIFFEID named %s exists but is not managed by spire-mesh-injector (label %s=%s missing); rename or delete it", name, ManagedByLabel, ManagedByValue)}
+		}
+		e.metrics.ensures.WithLabelValues("exists", "").Inc()
+		return nil
+	case meta.IsNoMatchError(err):
+		return crdMissing(ns, name, err)
+	case !apierrors.IsNotFound(err):
+		return fmt.Errorf("reading ClusterSPIFFEID %s from the cache: %w", name, err)
+	}
+	if t, ok := e.recent.Load(ns); ok && e.now().Sub(t.(time.Time)) < recentTTL {
+		e.metrics.ensures.WithLabelValues("exists", "").Inc()
+		return nil
+	}
+
+	// Concurrent admissions in one namespace create it once.
+	_, err, _ = e.inflight.Do(ns, func() (any, error) {
+		m, err := getNamespace()
+		if err != nil {
+			return nil, err
+		}
+		obj, err := Build(e.cfg, ns, asNamespace(m))
+		if err != nil {
+			return nil, &EnsureError{Namespace: ns, Name: name, Reason: ReasonInvalid, Err: err}
+		}
+		switch err := e.writer.Create(ctx, obj); {
+		case err == nil:
+			e.metrics.ensures.WithLabelValues("created", "").Inc()
+		case apierrors.IsAlreadyExists(err):
+			e.metrics.ensures.WithLabelValues("exists", "").Inc()
+		case meta.IsNoMatchError(err) || apierrors.IsNotFound(err):
+			// The API server answers 404 for a resource whose CRD is gone.
+			return nil, crdMissing(ns, name, err)
+		case apierrors.IsForbidden(err):
+			return nil, &EnsureError{Namespace: ns, Name: name, Reason: ReasonForbidden,
+				Err: fmt.Errorf("the webhook's service account may not create clusterspiffeids.spire.spiffe.io (apply the RBAC in kustomize/base): %w", err)}
+		default:
+			return nil, fmt.Errorf("creating ClusterSPIFFEID %s: %w", name, err)
+		}
+		e.recent.Store(ns, e.now())
+		return nil, nil
+	})
+	return err
+}
+
+// checkConflicts refuses a registration that would give pod a second SPIFFE ID: another
+// (non-fallback) ClusterSPIFFEID of the same class that selects it with a different identity.
+// spire-controller-manager would create an entry for each, and the workload could get either.
+// ZTWIM's fallback default (fallback: true) yields to ours and is no conflict.
+func (e *Ensurer) checkConflicts(ctx context.Context, ns string, pod *corev1.Pod, getNamespace func() (*metav1.PartialObjectMetadata, error)) error {
+	var others spirev1alpha1.ClusterSPIFFEIDList
+	if err := e.reader.List(ctx, &others, client.MatchingFields{ManagedIndex: "false"}, client.UnsafeDisableDeepCopy); err != nil {
+		if meta.IsNoMatchError(err) {
+			return crdMissing(ns, Name(ns), err)
+		}
+		return fmt.Errorf("listing ClusterSPIFFEIDs from the cache: %w", err)
+	}
+	if len(others.Items) == 0 {
+		return nil
+	}
+	ours, err := SPIFFEID(e.cfg, withNamespace(pod, ns))
+	if err != nil {
+		return err
+	}
+	for i := range others.Items {
+		o := &others.Items[i]
+		if o.Spec.Fallback || o.Spec.ClassName != e.cfg.Registration.ClassName || o.DeletionTimestamp != nil {
+			continue
+		}
+		parsed, err := spirev1alpha1.ParseClusterSPIFFEIDSpec(&o.Spec)
+		if err != nil {
+			continue // spire-controller-manager ignores what it cannot parse
+		}
+		if parsed.PodSelector != nil && !parsed.PodSelector.Matches(labels.Set(pod.Labels)) {
+			continue
+		}
+		if parsed.NamespaceSelector != nil {
+			m, err := getNamespace()
+			if err != nil {
+				return err
+			}
+			if !parsed.NamespaceSelector.Matches(labels.Set(m.Labels)) {
+				continue
+			}
+		}
+		theirs := render(parsed.SPIFFEIDTemplate, e.cfg, withNamespace(pod, ns))
+		if theirs == ours && ours != "" {
+			continue
+		}
+		return &EnsureError{Namespace: ns, Name: Name(ns), Reason: ReasonConflict,
+			Err: fmt.Errorf("ClusterSPIFFEID %s (className %q, not managed by spire-mesh-injector) already selects this pod with SPIFFE ID %q, not %q; give it fallback: true, narrow its selectors, or label the pod %s=%s",
+				o.Name, o.Spec.ClassName, theirs, ours, annotations.InjectionLabel, annotations.InjectionDisabled)}
+	}
+	return nil
+}
+
+// render renders a parsed SPIFFE ID template for pod as spire-controller-manager would before
+// scheduling; "" when it cannot.
+func render(t *template.Template, cfg *config.Config, pod *corev1.Pod) string {
+	var buf bytes.Buffer
+	if err := t.Execute(&buf, &templateData{
+		TrustDomain: cfg.TrustDomain, ClusterName: cfg.ClusterName, ClusterDomain: cfg.ClusterDomain,
+		PodMeta: &pod.ObjectMeta, PodSpec: &pod.Spec, NodeMeta: &metav1.ObjectMeta{}, NodeSpec: &corev1.NodeSpec{},
+	}); err != nil {
+		return ""
+	}
+	return buf.String()
+}
+
+func withNamespace(pod *corev1.Pod, ns string) *corev1.Pod {
+	if pod.Namespace == ns {
+		return pod
+	}
+	p := *pod
+	p.Namespace = ns
+	return &p
+}
+
+func crdMissing(ns, name string, err error) error {
+	return &EnsureError{Namespace: ns, Name: name, Reason: ReasonCRDMissing,
+		Err: fmt.Errorf("the ClusterSPIFFEID CRD (clusterspiffeids.spire.spiffe.io/v1alpha1) is not installed: install ZTWIM or spire-controller-manager first (%v)", err)}
+}
+
+func namespaceMeta() *metav1.PartialObjectMetadata {
+	m := &metav1.PartialObjectMetadata{}
+	m.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Namespace"))
+	return m
+}
+
+func asNamespace(m *metav1.PartialObjectMetadata) *corev1.Namespace {
+	return &corev1.Namespace{ObjectMeta: m.ObjectMeta}
+}
+
+// namespaceRef is the object Events about a namespace's registration are recorded on.
+func namespaceRef(name string, uid types.UID) *corev1.Namespace {
+	return &corev1.Namespace{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Namespace"},
+		ObjectMeta: metav1.ObjectMeta{Name: name, UID: uid},
+	}
+}

@@ -1,0 +1,170 @@
+// Package server runs spire-mesh-injector's admission webhook as a controller-runtime manager: the
+// TLS webhook server (on every replica), the cache it reads registrations through, the
+// registration reconciler (on the elected leader only), metrics, and health and readiness probes.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	spirev1alpha1 "github.com/spiffe/spire-controller-manager/api/v1alpha1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/klog/v2"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	ctrlwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
+	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
+	"github.com/spire-mesh-injector/spire-mesh-injector/version"
+	"github.com/spire-mesh-injector/spire-mesh-injector/webhook"
+)
+
+// Options configure Run. They come from serve's command-line flags.
+type Options struct {
+	// RestConfig reaches the API server.
+	RestConfig *rest.Config
+	// Host and Port are the webhook's HTTPS listener.
+	Host string
+	Port int
+	// CertDir holds tls.crt and tls.key, reloaded when they change.
+	CertDir string
+	// HealthAddr serves /healthz and /readyz over HTTP; MetricsAddr serves /metrics over HTTPS
+	// ("0" turns it off).
+	HealthAddr, MetricsAddr string
+	// ShutdownDelay is how long readiness reports false before the listeners close.
+	ShutdownDelay time.Duration
+	// LeaderElection elects one replica to run the reconciler, in LeaderElectionNamespace.
+	LeaderElection          bool
+	LeaderElectionNamespace string
+	// Log receives every log line.
+	Log logr.Logger
+}
+
+// LeaderElectionID names the lease the replicas compete for.
+const LeaderElectionID = "spire-mesh-injector"
+
+// Scheme knows the core types and spire-controller-manager's.
+func Scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	if err := spirev1alpha1.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	return s
+}
+
+// TLSOptions are the TLS settings of every listener: TLS 1.2 or later, and no HTTP/2, whose
+// stream-reset floods (CVE-2023-44487) are cheaper to avoid than to bound; the API server speaks
+// HTTP/1.1 to webhooks just as well.
+var TLSOptions = []func(*tls.Config){func(c *tls.Config) {
+	c.MinVersion = tls.VersionTLS12
+	c.NextProtos = []string{"http/1.1"}
+}}
+
+// Run serves until ctx ends, then shuts down gracefully: readiness turns false first, the
+// listeners close after ShutdownDelay, in-flight admissions finish, and the leader releases its
+// lease.
+func Run(ctx context.Context, cfg *config.Config, o Options) error {
+	ctrl.SetLogger(o.Log)
+	// client-go (leader election, event broadcasting) logs through klog: same sink, same format.
+	klog.SetLogger(o.Log)
+	log := o.Log.WithName("spire-mesh-injector")
+	log.Info("starting", "version", version.Version, "commit", version.Commit, "configVersion", cfg.Version(),
+		"trustDomain", cfg.TrustDomain, "className", cfg.Registration.ClassName, "failurePolicy", cfg.FailurePolicy)
+
+	hookSrv := ctrlwebhook.NewServer(ctrlwebhook.Options{
+		Host: o.Host, Port: o.Port, CertDir: o.CertDir, CertName: "tls.crt", KeyName: "tls.key", TLSOpts: TLSOptions,
+	})
+	gracePeriod := 30 * time.Second
+	mgr, err := ctrl.NewManager(o.RestConfig, ctrl.Options{
+		Scheme: Scheme(),
+		Cache:  registration.CacheOptions(),
+		Metrics: metricsserver.Options{
+			BindAddress: o.MetricsAddr, SecureServing: true, CertDir: o.CertDir, CertName: "tls.crt", KeyName: "tls.key", TLSOpts: TLSOptions,
+		},
+		HealthProbeBindAddress:        o.HealthAddr,
+		WebhookServer:                 hookSrv,
+		LeaderElection:                o.LeaderElection,
+		LeaderElectionID:              LeaderElectionID,
+		LeaderElectionNamespace:       o.LeaderElectionNamespace,
+		LeaderElectionReleaseOnCancel: true,
+		GracefulShutdownTimeout:       &gracePeriod,
+	})
+	if err != nil {
+		return fmt.Errorf("creating the manager: %w", err)
+	}
+	if err := registration.IndexManaged(ctx, mgr); err != nil {
+		return fmt.Errorf("indexing ClusterSPIFFEIDs: %w", err)
+	}
+	regMetrics := registration.NewMetrics(ctrlmetrics.Registry)
+	recorder := mgr.GetEventRecorderFor("spire-mesh-injector")
+	if err := registration.NewReconciler(cfg, mgr.GetClient(), recorder, regMetrics).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up the registration reconciler: %w", err)
+	}
+	ensurer := registration.NewEnsurer(cfg, mgr.GetCache(), mgr.GetClient(), recorder, regMetrics)
+	// GetWebhookServer is what adds the webhook server to the manager's runnables.
+	hookSrv = mgr.GetWebhookServer()
+	hookSrv.Register(webhook.Path, webhook.NewHandler(mutators.NewChain(cfg), ensurer, log.WithName("admission"), webhook.NewMetrics(ctrlmetrics.Registry)))
+
+	var shuttingDown atomic.Bool
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return err
+	}
+	for name, check := range map[string]healthz.Checker{
+		"webhook": hookSrv.StartedChecker(),
+		"cache": func(r *http.Request) error {
+			sctx, cancel := context.WithTimeout(r.Context(), time.Second)
+			defer cancel()
+			if !mgr.GetCache().WaitForCacheSync(sctx) {
+				return errors.New("cache not synced")
+			}
+			return nil
+		},
+		"shutdown": func(*http.Request) error {
+			if shuttingDown.Load() {
+				return errors.New("shutting down")
+			}
+			return nil
+		},
+	} {
+		if err := mgr.AddReadyzCheck(name, check); err != nil {
+			return err
+		}
+	}
+
+	// The manager outlives ctx by ShutdownDelay, so the API server stops routing admissions to
+	// this replica (readiness false, endpoint removed) before its listener closes.
+	mgrCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-mgrCtx.Done():
+			return
+		}
+		shuttingDown.Store(true)
+		log.Info("shutting down: not ready", "delay", o.ShutdownDelay)
+		select {
+		case <-time.After(o.ShutdownDelay):
+		case <-mgrCtx.Done():
+		}
+		cancel()
+	}()
+	err = mgr.Start(mgrCtx)
+	log.Info("stopped")
+	return err
+}

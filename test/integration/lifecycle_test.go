@@ -1,0 +1,169 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	admissionv1 "k8s.io/api/admission/v1"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/server"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/podtest"
+	"github.com/spire-mesh-injector/spire-mesh-injector/webhook"
+)
+
+// writeCert writes a fresh self-signed serving certificate for 127.0.0.1 into dir, the way
+// Kubernetes updates a mounted secret (write aside, then rename into place).
+func writeCert(t *testing.T, dir string, serial int64) *x509.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "spire-mesh-injector.test"},
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IsCA: true, BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	kb, err := x509.MarshalECPrivateKey(key)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "tls.key.tmp"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "tls.crt.tmp"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
+	require.NoError(t, os.Rename(filepath.Join(dir, "tls.key.tmp"), filepath.Join(dir, "tls.key")))
+	require.NoError(t, os.Rename(filepath.Join(dir, "tls.crt.tmp"), filepath.Join(dir, "tls.crt")))
+	cert, err := x509.ParseCertificate(der)
+	require.NoError(t, err)
+	return cert
+}
+
+// TestServerLifecycle runs a second replica of the real server (it does not win the leader lease,
+// so it only serves admissions): TLS admission, health, readiness and metrics; serving-certificate
+// reload without a restart; and a graceful shutdown that turns readiness off first and keeps
+// answering admissions until the listener closes.
+func TestServerLifecycle(t *testing.T) {
+	dir := t.TempDir()
+	first := writeCert(t, dir, 1)
+	hookPort, healthPort, metricsPort := freePort(), freePort(), freePort()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- server.Run(ctx, testConfig, server.Options{
+			RestConfig: cp.Config, Host: "127.0.0.1", Port: hookPort, CertDir: dir,
+			HealthAddr: "127.0.0.1:" + strconv.Itoa(healthPort), MetricsAddr: "127.0.0.1:" + strconv.Itoa(metricsPort),
+			ShutdownDelay:  2 * time.Second,
+			LeaderElection: true, LeaderElectionNamespace: leaseNamespace,
+			Log: zap.New(zap.WriteTo(io.Discard)),
+		})
+	}()
+	health := "http://127.0.0.1:" + strconv.Itoa(healthPort)
+	ready := make(chan error, 1)
+	go func() { ready <- waitFor(getStatus(health+"/readyz"), 200) }()
+	select {
+	case err := <-ready:
+		require.NoError(t, err)
+	case err := <-done:
+		t.Fatalf("server stopped before it was ready: %v", err)
+	}
+	code, err := getStatus(health + "/healthz")(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 200, code)
+
+	roots := x509.NewCertPool()
+	roots.AddCert(first)
+	https := func(pool *x509.CertPool) *http.Client {
+		return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	}
+	ns := namespace(t, true, nil)
+	js, _ := podtest.Load(t, "../../mutators/testdata/native-sidecar.yaml")
+	body := podtest.ReviewBody(t, podtest.Request(ns, js))
+	hook := "https://127.0.0.1:" + strconv.Itoa(hookPort) + webhook.Path
+	resp, err := https(roots).Post(hook, "application/json", bytes.NewReader(body))
+	require.NoError(t, err)
+	var review admissionv1.AdmissionReview
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&review))
+	resp.Body.Close()
+	require.True(t, review.Response.Allowed)
+	require.NotEmpty(t, review.Response.Patch)
+
+	conn, err := tls.Dial("tcp", "127.0.0.1:"+strconv.Itoa(hookPort), &tls.Config{RootCAs: roots, NextProtos: []string{"h2", "http/1.1"}})
+	require.NoError(t, err)
+	assert.Equal(t, "http/1.1", conn.ConnectionState().NegotiatedProtocol, "HTTP/2 stays off")
+	conn.Close()
+
+	mresp, err := https(roots).Get("https://127.0.0.1:" + strconv.Itoa(metricsPort) + "/metrics")
+	require.NoError(t, err)
+	mb, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	for _, name := range []string{"spire_mesh_injector_admissions_total", "spire_mesh_injector_admission_duration_seconds", "spire_mesh_injector_registration_ensures_total", "spire_mesh_injector_patch_bytes"} {
+		assert.Contains(t, string(mb), name)
+	}
+
+	second := writeCert(t, dir, 2)
+	require.Eventually(t, func() bool {
+		c, err := tls.Dial("tcp", "127.0.0.1:"+strconv.Itoa(hookPort), &tls.Config{InsecureSkipVerify: true})
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.Cmp(second.SerialNumber) == 0
+	}, 10*time.Second, 100*time.Millisecond, "serving certificate not reloaded")
+
+	cancel()
+	require.NoError(t, waitFor(getStatus(health+"/readyz"), http.StatusInternalServerError), "readiness turns false first")
+	roots2 := x509.NewCertPool()
+	roots2.AddCert(second)
+	resp, err = https(roots2).Post(hook, "application/json", bytes.NewReader(body))
+	require.NoError(t, err, "still answering during the shutdown delay")
+	resp.Body.Close()
+	assert.Equal(t, 200, resp.StatusCode)
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(40 * time.Second):
+		t.Fatal("server did not stop")
+	}
+	_, err = net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(hookPort), time.Second)
+	assert.Error(t, err, "listener closed")
+}
+
+func waitFor(get func(context.Context) (int, error), want int) error {
+	deadline := time.Now().Add(30 * time.Second)
+	var last int
+	for time.Now().Before(deadline) {
+		code, err := get(context.Background())
+		if err == nil && code == want {
+			return nil
+		}
+		last = code
+		time.Sleep(50 * time.Millisecond)
+	}
+	return &statusError{want: want, got: last}
+}
+
+type statusError struct{ want, got int }
+
+func (e *statusError) Error() string {
+	return "wanted HTTP " + strconv.Itoa(e.want) + ", last got " + strconv.Itoa(e.got)
+}

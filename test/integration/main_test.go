@@ -1,0 +1,156 @@
+// Package integration is the envtest suite: a real kube-apiserver and etcd (built from the Go
+// module proxy), spire-controller-manager's real CRDs, and spire-mesh-injector's real server
+// (server.Run, as `serve` runs it) registered through the MutatingWebhookConfiguration that
+// kustomize renders from kustomize/base. Stand-ins are used only for what cannot run here: Istio's
+// injector (a webhook in this process that follows Istio's template) and the kubelet and
+// scheduler (pods are only stored, never run).
+package integration
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+	"github.com/spire-mesh-injector/spire-mesh-injector/server"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
+)
+
+var (
+	cp         *kube.ControlPlane
+	k8s        client.Client
+	healthURL  string
+	metricsURL string
+	testConfig *config.Config
+)
+
+const leaseNamespace = "spire-mesh-injector"
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	var err error
+	cp, err = kube.Start()
+	if errors.Is(err, kube.ErrNoAssets) && os.Getenv("SMI_REQUIRE_ENVTEST") == "" {
+		fmt.Println("SKIP: the envtest suite needs a control plane:", err)
+		return 0
+	}
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	defer func() { _ = cp.Stop() }()
+
+	k8s, err = client.New(cp.Config, client.Options{Scheme: server.Scheme()})
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := createNamespace(ctx, leaseNamespace, nil); err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	testConfig, err = config.Parse([]byte("trustDomain: example.org\nclusterName: envtest\njwtHelper:\n  image: registry.example/spire-mesh-injector:test\n"))
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	health, metrics := freePort(), freePort()
+	healthURL = "http://127.0.0.1:" + strconv.Itoa(health)
+	metricsURL = "https://127.0.0.1:" + strconv.Itoa(metrics) + "/metrics"
+	done := make(chan error, 1)
+	go func() {
+		done <- server.Run(ctx, testConfig, server.Options{
+			RestConfig: cp.Config, Host: cp.Host, Port: cp.Port, CertDir: cp.CertDir,
+			HealthAddr: "127.0.0.1:" + strconv.Itoa(health), MetricsAddr: "127.0.0.1:" + strconv.Itoa(metrics),
+			LeaderElection: true, LeaderElectionNamespace: leaseNamespace,
+			Log: zap.New(zap.WriteTo(os.Stderr), zap.Level(zapLevel())),
+		})
+	}()
+	if err := kube.WaitReady(ctx, getStatus(healthURL+"/readyz")); err != nil {
+		fmt.Println("server:", err, verboseReadyz())
+		return 1
+	}
+	if _, err := cp.InstallWebhook(ctx); err != nil {
+		fmt.Println("installing the webhook configuration:", err)
+		return 1
+	}
+	if err := waitWebhookActive(ctx); err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	code := m.Run()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			fmt.Println("server:", err)
+			return 1
+		}
+	case <-time.After(40 * time.Second):
+		fmt.Println("server did not stop")
+		return 1
+	}
+	return code
+}
+
+func getStatus(url string) func(context.Context) (int, error) {
+	return func(ctx context.Context) (int, error) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		r, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		r.Body.Close()
+		return r.StatusCode, nil
+	}
+}
+
+func verboseReadyz() string {
+	r, err := http.Get(healthURL + "/readyz?verbose=1")
+	if err != nil {
+		return err.Error()
+	}
+	defer r.Body.Close()
+	b, _ := io.ReadAll(r.Body)
+	return string(b)
+}
+
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// tlsClient trusts the control plane's serving CA.
+func tlsClient() *http.Client {
+	pool := caPool()
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+}
+
+// zapLevel keeps the server's logs to errors unless SMI_TEST_VERBOSE is set.
+func zapLevel() zapcore.Level {
+	if os.Getenv("SMI_TEST_VERBOSE") != "" {
+		return zapcore.DebugLevel
+	}
+	return zapcore.ErrorLevel
+}

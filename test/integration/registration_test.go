@@ -1,0 +1,254 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	spirev1alpha1 "github.com/spiffe/spire-controller-manager/api/v1alpha1"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
+	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
+	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
+	"github.com/spire-mesh-injector/spire-mesh-injector/server"
+)
+
+func TestPodInOptedInNamespaceIsWiredAndRegistered(t *testing.T) {
+	ctx := context.Background()
+	ns := namespace(t, true, map[string]string{annotations.FederatesWithAnnotation: "partner.example"})
+	pod := plainPod(ns, "app", nil)
+	pod.Spec.ServiceAccountName = "sa1"
+	require.NoError(t, k8s.Create(ctx, pod))
+
+	// The pod as the API server stored it.
+	stored := &corev1.Pod{}
+	require.NoError(t, k8s.Get(ctx, client.ObjectKeyFromObject(pod), stored))
+	assert.Equal(t, "workload", stored.Labels[annotations.InjectedLabel])
+	assert.Equal(t, "true", stored.Labels[annotations.ManagedIdentityLabel])
+	require.Len(t, stored.Spec.Volumes, 1)
+	assert.Equal(t, mutators.WorkloadAPIVolume, stored.Spec.Volumes[0].Name)
+	assert.Equal(t, "csi.spiffe.io", stored.Spec.Volumes[0].CSI.Driver)
+	assert.Equal(t, []corev1.EnvVar{{Name: mutators.EnvEndpointSocket, Value: "unix:///spiffe-workload-api/spire-agent.sock"}}, stored.Spec.Containers[0].Env)
+	st, err := annotations.ParseStatus(stored.Annotations[annotations.StatusAnnotation])
+	require.NoError(t, err)
+	assert.Equal(t, fmt.Sprintf("spiffe://example.org/ns/%s/sa/sa1", ns), st.SPIFFEID)
+
+	// Its namespace's ClusterSPIFFEID existed before the pod was admitted.
+	csid, err := getCSID(ctx, ns)
+	require.NoError(t, err)
+	nsObj := &corev1.Namespace{}
+	require.NoError(t, k8s.Get(ctx, types.NamespacedName{Name: ns}, nsObj))
+	assert.Equal(t, map[string]string{registration.ManagedByLabel: registration.ManagedByValue, registration.NamespaceLabel: ns}, csid.Labels)
+	require.Len(t, csid.OwnerReferences, 1)
+	assert.Equal(t, nsObj.UID, csid.OwnerReferences[0].UID)
+	assert.Equal(t, "Namespace", csid.OwnerReferences[0].Kind)
+	assert.Equal(t, config.DefaultClassName, csid.Spec.ClassName)
+	assert.Equal(t, config.DefaultSPIFFEIDTemplate, csid.Spec.SPIFFEIDTemplate)
+	assert.Equal(t, 5*time.Minute, csid.Spec.JWTTTL.Duration)
+	assert.Equal(t, []string{"partner.example"}, csid.Spec.FederatesWith)
+	assert.Equal(t, map[string]string{"kubernetes.io/metadata.name": ns}, csid.Spec.NamespaceSelector.MatchLabels)
+	parsed, err := spirev1alpha1.ParseClusterSPIFFEIDSpec(&csid.Spec)
+	require.NoError(t, err)
+	assert.True(t, parsed.PodSelector.Matches(labelsOf(stored)), "selects the wired pod")
+	assert.False(t, parsed.PodSelector.Matches(labelsOf(plainPod(ns, "x", map[string]string{annotations.ManagedIdentityLabel: "true"}))), "never a pod the webhook did not wire")
+}
+
+func TestDryRunWiresButCreatesNothing(t *testing.T) {
+	ctx := context.Background()
+	ns := namespace(t, true, nil)
+	before := metricSum(t, "spire_mesh_injector_registration_ensures_total", nil)
+	pod := plainPod(ns, "app", nil)
+	require.NoError(t, k8s.Create(ctx, pod, client.DryRunAll))
+	assert.Equal(t, "workload", pod.Labels[annotations.InjectedLabel], "the dry-run answer is wired")
+	assert.Equal(t, mutators.WorkloadAPIVolume, pod.Spec.Volumes[0].Name)
+	// Give the reconciler every chance to (wrongly) act.
+	time.Sleep(1500 * time.Millisecond)
+	_, err := getCSID(ctx, ns)
+	assert.True(t, apierrors.IsNotFound(err), "no ClusterSPIFFEID after a dry run: %v", err)
+	assert.Equal(t, before, metricSum(t, "spire_mesh_injector_registration_ensures_total", nil))
+}
+
+func TestWebhookIsNotCalledForOptedOutPodsOrOtherNamespaces(t *testing.T) {
+	ctx := context.Background()
+	optedIn, other := namespace(t, true, nil), namespace(t, false, nil)
+	before := metricSum(t, "spire_mesh_injector_admissions_total", nil)
+
+	optOut := plainPod(optedIn, "legacy", map[string]string{annotations.InjectionLabel: annotations.InjectionDisabled})
+	require.NoError(t, k8s.Create(ctx, optOut))
+	elsewhere := plainPod(other, "app", nil)
+	require.NoError(t, k8s.Create(ctx, elsewhere))
+
+	assert.Equal(t, before, metricSum(t, "spire_mesh_injector_admissions_total", nil), "the API server never called the webhook")
+	for _, p := range []*corev1.Pod{optOut, elsewhere} {
+		assert.Empty(t, p.Spec.Volumes, p.Namespace)
+		assert.NotContains(t, p.Annotations, annotations.StatusAnnotation)
+	}
+	_, err := getCSID(ctx, other)
+	assert.True(t, apierrors.IsNotFound(err))
+}
+
+func TestReconcilerRepairsAndRemoves(t *testing.T) {
+	ctx := context.Background()
+	ns := namespace(t, true, nil)
+	require.NoError(t, k8s.Create(ctx, plainPod(ns, "app", nil)))
+	csid, err := getCSID(ctx, ns)
+	require.NoError(t, err)
+
+	t.Run("deleted by hand: re-created", func(t *testing.T) {
+		require.NoError(t, k8s.Delete(ctx, csid))
+		eventually(t, "re-created", func() bool {
+			again, err := getCSID(ctx, ns)
+			return err == nil && again.UID != csid.UID && again.DeletionTimestamp == nil
+		})
+	})
+	t.Run("drifted: restored", func(t *testing.T) {
+		cur, err := getCSID(ctx, ns)
+		require.NoError(t, err)
+		cur.Spec.ClassName = "someone-else"
+		cur.Spec.SPIFFEIDTemplate = "spiffe://example.org/stolen"
+		require.NoError(t, k8s.Update(ctx, cur))
+		eventually(t, "restored", func() bool {
+			again, err := getCSID(ctx, ns)
+			return err == nil && again.Spec.ClassName == config.DefaultClassName && again.Spec.SPIFFEIDTemplate == config.DefaultSPIFFEIDTemplate
+		})
+	})
+	t.Run("namespace annotation changed: followed", func(t *testing.T) {
+		nsObj := &corev1.Namespace{}
+		require.NoError(t, k8s.Get(ctx, types.NamespacedName{Name: ns}, nsObj))
+		nsObj.Annotations = map[string]string{annotations.FederatesWithAnnotation: "bank.example,partner.example"}
+		require.NoError(t, k8s.Update(ctx, nsObj))
+		eventually(t, "federatesWith updated", func() bool {
+			again, err := getCSID(ctx, ns)
+			return err == nil && assert.ObjectsAreEqual([]string{"bank.example", "partner.example"}, again.Spec.FederatesWith)
+		})
+	})
+	t.Run("namespace opts out: removed", func(t *testing.T) {
+		nsObj := &corev1.Namespace{}
+		require.NoError(t, k8s.Get(ctx, types.NamespacedName{Name: ns}, nsObj))
+		delete(nsObj.Labels, annotations.InjectionLabel)
+		require.NoError(t, k8s.Update(ctx, nsObj))
+		eventually(t, "removed", func() bool {
+			_, err := getCSID(ctx, ns)
+			return apierrors.IsNotFound(err)
+		})
+	})
+}
+
+func TestNamespaceDeletedRemovesRegistration(t *testing.T) {
+	ctx := context.Background()
+	ns := namespace(t, true, nil)
+	require.NoError(t, k8s.Create(ctx, plainPod(ns, "app", nil)))
+	_, err := getCSID(ctx, ns)
+	require.NoError(t, err)
+	// envtest runs no namespace controller: the namespace stays Terminating, which is exactly when
+	// the registration must go (not relying on garbage collection).
+	require.NoError(t, k8s.Delete(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}))
+	eventually(t, "removed while the namespace terminates", func() bool {
+		_, err := getCSID(ctx, ns)
+		return apierrors.IsNotFound(err)
+	})
+}
+
+func TestConcurrentPodsCreateOneRegistration(t *testing.T) {
+	ctx := context.Background()
+	ns := namespace(t, true, nil)
+	errorsBefore := metricSum(t, "spire_mesh_injector_registration_ensures_total", map[string]string{"result": "error"})
+	var wg sync.WaitGroup
+	errs := make(chan error, 30)
+	for i := range 30 {
+		wg.Go(func() {
+			errs <- k8s.Create(ctx, plainPod(ns, fmt.Sprintf("app-%d", i), nil))
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	var list spirev1alpha1.ClusterSPIFFEIDList
+	require.NoError(t, k8s.List(ctx, &list, client.MatchingLabels{registration.NamespaceLabel: ns}))
+	assert.Len(t, list.Items, 1)
+	assert.Equal(t, errorsBefore, metricSum(t, "spire_mesh_injector_registration_ensures_total", map[string]string{"result": "error"}))
+}
+
+// warnings collects the admission warnings the API server relays to the client.
+type warnings struct {
+	mu   sync.Mutex
+	list []string
+}
+
+func (w *warnings) HandleWarningHeader(_ int, _ string, text string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.list = append(w.list, text)
+}
+
+func TestAnotherRegistrationForTheSamePodsIsAConflict(t *testing.T) {
+	ctx := context.Background()
+	ns := namespace(t, true, nil)
+	// Someone else's ClusterSPIFFEID, of ZTWIM's class, selecting every pod of the namespace with
+	// another identity.
+	theirs := &spirev1alpha1.ClusterSPIFFEID{
+		ObjectMeta: metav1.ObjectMeta{Name: "team-" + ns},
+		Spec: spirev1alpha1.ClusterSPIFFEIDSpec{
+			ClassName:         config.DefaultClassName,
+			SPIFFEIDTemplate:  "spiffe://{{ .TrustDomain }}/team/{{ .PodMeta.Name }}",
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": ns}},
+		},
+	}
+	require.NoError(t, k8s.Create(ctx, theirs))
+	t.Cleanup(func() { _ = k8s.Delete(context.Background(), theirs) })
+	conflictsBefore := metricSum(t, "spire_mesh_injector_registration_ensures_total", map[string]string{"reason": registration.ReasonConflict})
+	// Wait until the webhook's cache has it.
+	time.Sleep(500 * time.Millisecond)
+
+	w := &warnings{}
+	cfg := rest.CopyConfig(cp.Config)
+	cfg.WarningHandler = w
+	wc, err := client.New(cfg, client.Options{Scheme: server.Scheme()})
+	require.NoError(t, err)
+	pod := plainPod(ns, "app", nil)
+	require.NoError(t, wc.Create(ctx, pod), "failurePolicy Ignore admits the pod")
+	assert.Equal(t, "workload", pod.Labels[annotations.InjectedLabel], "still wired")
+	require.NotEmpty(t, w.list)
+	assert.Contains(t, w.list[0], "no SPIRE identity until the registration is repaired")
+	assert.Greater(t, metricSum(t, "spire_mesh_injector_registration_ensures_total", map[string]string{"reason": registration.ReasonConflict}), conflictsBefore)
+
+	time.Sleep(time.Second)
+	_, err = getCSID(ctx, ns)
+	assert.True(t, apierrors.IsNotFound(err), "ours is not created next to theirs")
+	// Events about a cluster-scoped object (the Namespace) are stored in "default".
+	eventually(t, "an Event on the namespace says why", func() bool {
+		var events corev1.EventList
+		require.NoError(t, k8s.List(ctx, &events, client.InNamespace("default")))
+		for _, e := range events.Items {
+			if e.InvolvedObject.Kind == "Namespace" && e.InvolvedObject.Name == ns && e.Reason == "Registration"+registration.ReasonConflict && e.Type == corev1.EventTypeWarning {
+				return true
+			}
+		}
+		return false
+	})
+
+	// A fallback registration (as ZTWIM's default) yields to ours: no conflict.
+	require.NoError(t, k8s.Get(ctx, client.ObjectKeyFromObject(theirs), theirs))
+	theirs.Spec.Fallback = true
+	require.NoError(t, k8s.Update(ctx, theirs))
+	eventually(t, "ours created once theirs is a fallback", func() bool {
+		_, err := getCSID(ctx, ns)
+		return err == nil
+	})
+}
+
+func labelsOf(p *corev1.Pod) labels.Set { return labels.Set(p.Labels) }
