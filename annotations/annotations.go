@@ -31,6 +31,11 @@ const (
 	// pod the webhook did not wire.
 	InjectedLabel = "spire-mesh-injector.io/injected"
 
+	// ExtAuthzAnnotation on a pod turns on the JWT helper's Envoy ext_authz mode: outbound requests
+	// without an Authorization header get "Bearer <JWT-SVID>" for this audience, which must be one
+	// of the spiffe.io/audience audiences. Parsed by ParseExtAuthz.
+	ExtAuthzAnnotation = "spire-mesh-injector.io/jwt-ext-authz"
+
 	// FederatesWithAnnotation on a Namespace adds trust domains (comma-separated) to the
 	// federatesWith list of that namespace's ClusterSPIFFEID.
 	FederatesWithAnnotation = "spire-mesh-injector.io/federates-with"

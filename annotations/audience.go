@@ -92,3 +92,17 @@ func CheckTokenFiles(audiences []string) error {
 	}
 	return nil
 }
+
+// ParseExtAuthz parses the value of ExtAuthzAnnotation against the pod's audiences.
+func ParseExtAuthz(value string, audiences []string) (string, error) {
+	v := strings.TrimSpace(value)
+	if len(audiences) == 0 {
+		return "", fmt.Errorf("annotation %s: needs annotation %s; allowed: one of the pod's JWT-SVID audiences", ExtAuthzAnnotation, AudienceAnnotation)
+	}
+	for _, a := range audiences {
+		if a == v {
+			return v, nil
+		}
+	}
+	return "", fmt.Errorf("annotation %s: %q is not one of the audiences in %s; allowed: %s", ExtAuthzAnnotation, v, AudienceAnnotation, strings.Join(audiences, ", "))
+}

@@ -51,6 +51,8 @@ const (
 	// DefaultHealthPort is the JWT helper's health and metrics port. It is outside the ports Istio
 	// reserves in the pod (15000-15090).
 	DefaultHealthPort = 15987
+	// DefaultExtAuthzPort is the helper's ext_authz gRPC port on the pod's loopback.
+	DefaultExtAuthzPort = 15988
 )
 
 // NativeSidecarMode says when the JWT helper runs as a native sidecar (an init container with
@@ -139,6 +141,9 @@ type JWTHelperConfig struct {
 	NativeSidecar NativeSidecarMode `json:"nativeSidecar"`
 	// HealthPort serves the helper's /ready, /healthz and /metrics inside the pod.
 	HealthPort int32 `json:"healthPort"`
+	// ExtAuthzPort is where the helper serves Envoy's ext_authz API on the pod's loopback, for
+	// pods that ask for it with the jwt-ext-authz annotation.
+	ExtAuthzPort int32 `json:"extAuthzPort"`
 	// MaxAudiences bounds the audiences one pod may ask for.
 	MaxAudiences int `json:"maxAudiences"`
 }
@@ -222,7 +227,7 @@ func defaults() *Config {
 			Resources: corev1.ResourceRequirements{
 				Requests: corev1.ResourceList{
 					corev1.ResourceCPU:    resource.MustParse("10m"),
-					corev1.ResourceMemory: resource.MustParse("16Mi"),
+					corev1.ResourceMemory: resource.MustParse("24Mi"),
 				},
 				Limits: corev1.ResourceList{
 					corev1.ResourceMemory: resource.MustParse("64Mi"),
@@ -232,6 +237,7 @@ func defaults() *Config {
 			FileMode:      "0444",
 			NativeSidecar: NativeAuto,
 			HealthPort:    DefaultHealthPort,
+			ExtAuthzPort:  DefaultExtAuthzPort,
 			MaxAudiences:  8,
 		},
 		Registration: RegistrationConfig{

@@ -49,7 +49,7 @@ failurePolicy: Fail
 	assert.Equal(t, "socket", c.SocketFileName)
 	assert.Equal(t, NativeAlways, c.JWTHelper.NativeSidecar)
 	assert.Equal(t, "32Mi", c.JWTHelper.Resources.Limits.Memory().String())
-	assert.Equal(t, "16Mi", c.JWTHelper.Resources.Requests.Memory().String(), "defaults not named in the file stay")
+	assert.Equal(t, "24Mi", c.JWTHelper.Resources.Requests.Memory().String(), "defaults not named in the file stay")
 	assert.Equal(t, "", c.Registration.ClassName)
 	assert.Equal(t, time.Hour, c.Registration.TTL.Duration)
 	assert.Equal(t, 90*time.Second, c.Registration.JWTTTL.Duration)
@@ -77,6 +77,7 @@ func TestParseRejects(t *testing.T) {
 		{"jwtHelper: {fileMode: rw}", "jwtHelper.fileMode: Invalid value"},
 		{"jwtHelper: {nativeSidecar: sometimes}", `jwtHelper.nativeSidecar: Unsupported value: "sometimes"`},
 		{"jwtHelper: {healthPort: 15020}", "jwtHelper.healthPort: Invalid value: 15020: must be a port from 1024 to 65535 that Istio does not reserve"},
+		{"jwtHelper: {extAuthzPort: 15987}", "jwtHelper.extAuthzPort: Invalid value: 15987: must be a port from 1024 to 65535 that Istio does not reserve, other than jwtHelper.healthPort"},
 		{"jwtHelper: {maxAudiences: 0}", "jwtHelper.maxAudiences: Invalid value: 0: must be from 1 to 32"},
 		{"jwtHelper: {maxAudiences: many}", "cannot unmarshal string"},
 		{"jwtHelper: {resources: {requests: {memory: 128Mi}, limits: {memory: 64Mi}}}", "jwtHelper.resources.requests[memory]: Invalid value: \"128Mi\": must not exceed the limit 64Mi"},

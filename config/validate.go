@@ -79,6 +79,9 @@ func (c *Config) Validate() error {
 	if j.HealthPort < 1024 || j.HealthPort > 65535 || istioReservedPorts[j.HealthPort] {
 		errs = append(errs, field.Invalid(jp.Child("healthPort"), j.HealthPort, "must be a port from 1024 to 65535 that Istio does not reserve (15000, 15001, 15004, 15006, 15008, 15009, 15020, 15021, 15053, 15090)"))
 	}
+	if j.ExtAuthzPort < 1024 || j.ExtAuthzPort > 65535 || istioReservedPorts[j.ExtAuthzPort] || j.ExtAuthzPort == j.HealthPort {
+		errs = append(errs, field.Invalid(jp.Child("extAuthzPort"), j.ExtAuthzPort, "must be a port from 1024 to 65535 that Istio does not reserve, other than jwtHelper.healthPort"))
+	}
 	if j.MaxAudiences < 1 || j.MaxAudiences > MaxAudiencesLimit {
 		errs = append(errs, field.Invalid(jp.Child("maxAudiences"), j.MaxAudiences, fmt.Sprintf("must be from 1 to %d", MaxAudiencesLimit)))
 	}

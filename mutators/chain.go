@@ -78,6 +78,7 @@ type state struct {
 	namespace string
 	mode      annotations.Mode
 	audiences []string
+	extAuthz  string // audience the helper's ext_authz mode injects; "" when off
 	prev      annotations.Status
 	status    annotations.Status
 }
@@ -137,6 +138,13 @@ func (c *Chain) Run(pod *corev1.Pod, req Request) (Result, error) {
 			return Result{}, &InvalidError{msg: "metadata." + err.Error()}
 		}
 		s.audiences = auds
+	}
+	if v, ok := pod.Annotations[annotations.ExtAuthzAnnotation]; ok {
+		aud, err := annotations.ParseExtAuthz(v, s.audiences)
+		if err != nil {
+			return Result{}, &InvalidError{msg: "metadata." + err.Error()}
+		}
+		s.extAuthz = aud
 	}
 	s.mode = annotations.ModeWorkload
 	if _, _, ok := findContainer(pod, c.cfg.Istio.ProxyContainerName); ok {

@@ -55,7 +55,7 @@ func (jwtHelper) mutate(pod *corev1.Pod, s *state) error {
 	}
 	native := cfg.JWTHelper.NativeSidecar == config.NativeAlways ||
 		(cfg.JWTHelper.NativeSidecar == config.NativeAuto && hasNativeSidecar(pod))
-	helper := helperContainer(cfg, s.audiences, socketVolume, native)
+	helper := helperContainer(cfg, s.audiences, s.extAuthz, socketVolume, native)
 
 	helperAt := -1
 	if native {
@@ -125,7 +125,7 @@ func isTokenVolume(v *corev1.Volume) bool {
 
 // helperContainer is the helper's container spec. Every field the API server would default is set
 // here, so that on reinvocation the stored helper equals a freshly built one and the patch is empty.
-func helperContainer(cfg *config.Config, audiences []string, socketVolume string, native bool) corev1.Container {
+func helperContainer(cfg *config.Config, audiences []string, extAuthz, socketVolume string, native bool) corev1.Container {
 	j := cfg.JWTHelper
 	args := make([]string, 0, len(audiences)+4)
 	for _, a := range audiences {
@@ -136,6 +136,10 @@ func helperContainer(cfg *config.Config, audiences []string, socketVolume string
 		"--file-mode="+j.FileMode,
 		"--health-addr=:"+strconv.Itoa(int(j.HealthPort)),
 	)
+	if extAuthz != "" {
+		// Loopback only: Envoy in the same pod is the only client.
+		args = append(args, "--ext-authz-addr=127.0.0.1:"+strconv.Itoa(int(j.ExtAuthzPort)), "--ext-authz-audience="+extAuthz)
+	}
 	probe := func(path string, period, failures int32) *corev1.Probe {
 		return &corev1.Probe{
 			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{

@@ -358,6 +358,27 @@ func TestJWTHelper(t *testing.T) {
 			err:  `metadata.annotation spiffe.io/audience: audiences "a/b" and "a:b" would share the token file a_b.jwt`,
 		},
 		{
+			name: "ext_authz mode adds its loopback listener and audience",
+			pod: func() *corev1.Pod {
+				p := withAudience(meshPod(false), "a,b")
+				p.Annotations[annotations.ExtAuthzAnnotation] = "b"
+				return p
+			},
+			check: func(t *testing.T, p *corev1.Pod) {
+				h := container(t, p, JWTHelperContainer)
+				assert.Equal(t, []string{"--ext-authz-addr=127.0.0.1:15988", "--ext-authz-audience=b"}, h.Args[len(h.Args)-2:])
+			},
+		},
+		{
+			name: "ext_authz for an audience the pod does not ask for is refused",
+			pod: func() *corev1.Pod {
+				p := withAudience(plainPod(), "a")
+				p.Annotations[annotations.ExtAuthzAnnotation] = "c"
+				return p
+			},
+			err: `metadata.annotation spire-mesh-injector.io/jwt-ext-authz: "c" is not one of the audiences in spiffe.io/audience; allowed: a`,
+		},
+		{
 			name: "too many audiences are refused",
 			pod:  func() *corev1.Pod { return withAudience(plainPod(), "1,2,3,4,5,6,7,8,9") },
 			err:  "9 audiences; allowed: at most 8",
@@ -385,6 +406,14 @@ func TestJWTHelper(t *testing.T) {
 
 // TestStripTakesBackOnlyWhatIsOurs: a status annotation written by hand (or copied from another
 // pod) cannot make the webhook remove anything that is not one of its own reserved items.
+func TestExtAuthzNeedsAudiences(t *testing.T) {
+	p := plainPod()
+	p.Annotations = map[string]string{annotations.ExtAuthzAnnotation: "a"}
+	_, err := run(t, podtest.Config(t), p)
+	require.ErrorContains(t, err, "annotation spire-mesh-injector.io/jwt-ext-authz: needs annotation spiffe.io/audience")
+	assert.True(t, IsInvalid(err))
+}
+
 func TestStripTakesBackOnlyWhatIsOurs(t *testing.T) {
 	p := plainPod()
 	p.Spec.Volumes = []corev1.Volume{emptyDir("data")}

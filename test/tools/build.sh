@@ -4,12 +4,17 @@
 # later run reuses them. Nothing is downloaded from anywhere but the module proxy.
 #
 #   test/tools/build.sh kube      # prints the folder holding kube-apiserver, etcd, kubectl
+#   test/tools/build.sh spire     # prints the folder holding spire-server, spire-agent, spiffe-csi-driver
+#   test/tools/build.sh scm       # prints the folder holding spire-controller-manager
 #
 # The cache root is $SMI_TOOLS_CACHE (default ~/.cache/spire-mesh-injector/tools).
 set -euo pipefail
 
 KUBE_VERSION=${KUBE_VERSION:-1.35.4}
 ETCD_VERSION=${ETCD_VERSION:-3.6.16}
+SPIRE_VERSION=${SPIRE_VERSION:-1.13.3}
+CSI_VERSION=${CSI_VERSION:-0.2.6}
+SCM_VERSION=${SCM_VERSION:-0.6.4}
 CACHE=${SMI_TOOLS_CACHE:-$HOME/.cache/spire-mesh-injector/tools}
 
 log() { printf 'build.sh: %s\n' "$*" >&2; }
@@ -74,7 +79,52 @@ build_kube() {
   echo "$out"
 }
 
+# build_module builds packages of one published module from a scratch module seeded with that
+# module's own go.sum. $1: output folder, $2: module@version, $3: CGO_ENABLED, rest: packages.
+build_module() {
+  local out=$1 modver=$2 cgo=$3; shift 3
+  local work; work=$(mktemp -d)
+  local dir; dir=$(GONOSUMDB=${modver%@*} moddir "$modver")
+  scratch_module "$work" "$dir"
+  printf '\nrequire %s %s\n' "${modver%@*}" "${modver#*@}" >>"$work/go.mod"
+  (cd "$work" && GONOSUMDB=${modver%@*} GOFLAGS=-mod=mod go mod download "${modver%@*}" &&
+    GONOSUMDB=${modver%@*} GOFLAGS=-mod=mod CGO_ENABLED=$cgo go build -trimpath -ldflags "-s -w" -o "$out/" "$@")
+  local rc=$?
+  rm -rf "$work"
+  return $rc
+}
+
+build_spire() {
+  local out="$CACHE/spire-$SPIRE_VERSION-csi-$CSI_VERSION"
+  if [[ -x $out/spire-server && -x $out/spire-agent && -x $out/spiffe-csi-driver ]]; then
+    echo "$out"; return
+  fi
+  log "building spire-server and spire-agent v$SPIRE_VERSION (cgo sqlite) and spiffe-csi-driver v$CSI_VERSION into $out (about 10 minutes cold)"
+  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+  build_module "$out.tmp" "github.com/spiffe/spire@v$SPIRE_VERSION" 1 \
+    github.com/spiffe/spire/cmd/spire-server github.com/spiffe/spire/cmd/spire-agent
+  build_module "$out.tmp" "github.com/spiffe/spiffe-csi@v$CSI_VERSION" 0 \
+    github.com/spiffe/spiffe-csi/cmd/spiffe-csi-driver
+  rm -rf "$out" && mv "$out.tmp" "$out"
+  echo "$out"
+}
+
+build_scm() {
+  local out="$CACHE/spire-controller-manager-$SCM_VERSION"
+  if [[ -x $out/spire-controller-manager ]]; then
+    echo "$out"; return
+  fi
+  log "building spire-controller-manager v$SCM_VERSION into $out"
+  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+  build_module "$out.tmp" "github.com/spiffe/spire-controller-manager@v$SCM_VERSION" 0 github.com/spiffe/spire-controller-manager/cmd
+  mv "$out.tmp/cmd" "$out.tmp/spire-controller-manager"
+  rm -rf "$out" && mv "$out.tmp" "$out"
+  echo "$out"
+}
+
 case ${1:-} in
   kube) build_kube ;;
-  *) echo "usage: $0 kube" >&2; exit 2 ;;
+  spire) build_spire ;;
+  scm) build_scm ;;
+  *) echo "usage: $0 kube|spire|scm" >&2; exit 2 ;;
 esac
