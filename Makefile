@@ -17,7 +17,7 @@ TOOLS := test/tools/build.sh
 all: build
 
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/spire-mesh-injector ./cmd/spire-mesh-injector
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/spire-mesh-injector ./cmd/spiffe-jwt-helper
 
 ## test: everything CI runs: formatting, vet, unit, golden and envtest suites (a real kube-apiserver
 ## and etcd, built once from the Go module proxy and cached), and a brief fuzz of each target.
@@ -28,13 +28,14 @@ lint:
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
 
-## tools: build (or reuse) kube-apiserver, etcd and kubectl; prints their folder.
+## tools: build (or reuse) kube-apiserver, etcd and kubectl, and SPIRE; prints their folders.
 tools:
-	@$(TOOLS) kube
+	@$(TOOLS) kube && $(TOOLS) spire
 
 unit:
-	@assets=$$($(TOOLS) kube) && \
-	  KUBEBUILDER_ASSETS=$$assets SMI_REQUIRE_ENVTEST=1 $(GO) test -count=1 ./...
+	@kube=$$($(TOOLS) kube) && spire=$$($(TOOLS) spire) && \
+	  KUBEBUILDER_ASSETS=$$kube SMI_REQUIRE_ENVTEST=1 SPIRE_ASSETS=$$spire SMI_REQUIRE_SPIRE=1 \
+	  $(GO) test -count=1 -timeout 20m ./...
 
 fuzz-brief:
 	@for t in $(FUZZ_TARGETS); do \

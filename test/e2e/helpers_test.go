@@ -130,3 +130,5 @@ func rssKiB(pid int) (int, error) {
 func fetchJWTBundles(ctx context.Context) (*jwtbundle.Set, error) {
 	return workloadapi.FetchJWTBundles(ctx, workloadapi.WithAddr(agent.Socket()))
 }
+
+func selfUID() int { return os.Getuid() }
