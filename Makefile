@@ -30,11 +30,11 @@ lint:
 
 ## tools: build (or reuse) kube-apiserver, etcd and kubectl, and SPIRE; prints their folders.
 tools:
-	@$(TOOLS) kube && $(TOOLS) spire
+	@$(TOOLS) kube && $(TOOLS) spire && $(TOOLS) scm
 
 unit:
-	@kube=$$($(TOOLS) kube) && spire=$$($(TOOLS) spire) && \
-	  KUBEBUILDER_ASSETS=$$kube SMI_REQUIRE_ENVTEST=1 SPIRE_ASSETS=$$spire SMI_REQUIRE_SPIRE=1 \
+	@kube=$$($(TOOLS) kube) && spire=$$($(TOOLS) spire) && scm=$$($(TOOLS) scm) && \
+	  KUBEBUILDER_ASSETS=$$kube SMI_REQUIRE_ENVTEST=1 SPIRE_ASSETS=$$spire SCM_ASSETS=$$scm SMI_REQUIRE_SPIRE=1 \
 	  $(GO) test -count=1 -timeout 20m ./...
 
 fuzz-brief:
