@@ -126,9 +126,11 @@ func decodeAll(t *testing.T, where string, y []byte) []string {
 func TestKustomizeRendersValidObjects(t *testing.T) {
 	root := filepath.Join(kube.Root(), "kustomize")
 	want := map[string][]string{
-		"base":                  {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "MutatingWebhookConfiguration", "Namespace", "PodDisruptionBudget", "PriorityClass", "Role", "RoleBinding", "Service", "ServiceAccount"},
-		"overlays/cert-manager": {"Certificate", "Certificate", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Issuer", "Issuer", "MutatingWebhookConfiguration", "Namespace", "PodDisruptionBudget", "PriorityClass", "Role", "RoleBinding", "Service", "ServiceAccount", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"},
-		"overlays/openshift":    {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "ConfigMap", "Deployment", "MutatingWebhookConfiguration", "Namespace", "PodDisruptionBudget", "PriorityClass", "PrometheusRule", "Role", "RoleBinding", "Service", "ServiceAccount", "ServiceMonitor", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"},
+		"base":                         {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "MutatingWebhookConfiguration", "Namespace", "PodDisruptionBudget", "PriorityClass", "Role", "RoleBinding", "Service", "ServiceAccount"},
+		"overlays/cert-manager":        {"Certificate", "Certificate", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Issuer", "Issuer", "MutatingWebhookConfiguration", "Namespace", "PodDisruptionBudget", "PriorityClass", "Role", "RoleBinding", "Service", "ServiceAccount", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"},
+		"components/validating-policy": {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"},
+		"components/monitoring":        {"PrometheusRule", "ServiceMonitor"},
+		"overlays/openshift":           {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "ConfigMap", "Deployment", "MutatingWebhookConfiguration", "Namespace", "PodDisruptionBudget", "PriorityClass", "PrometheusRule", "Role", "RoleBinding", "Service", "ServiceAccount", "ServiceMonitor", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"},
 	}
 	for dir, kinds := range want {
 		t.Run(dir, func(t *testing.T) {
