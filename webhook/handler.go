@@ -207,18 +207,7 @@ func (h *Handler) Review(ctx context.Context, req *admissionv1.AdmissionRequest)
 // ClusterSPIFFEID could not be ensured: Fail denies the pod; Ignore admits it wired, with a
 // warning, so it gets its identity as soon as the reconciler repairs the registration.
 func (h *Handler) registrationFailed(log logr.Logger, req *admissionv1.AdmissionRequest, wired *admissionv1.AdmissionResponse, err error) *admissionv1.AdmissionResponse {
-	if h.policy == config.FailFail {
-		h.metrics.admissions.WithLabelValues(ResultDenied, "registration-failed").Inc()
-		log.Error(err, "denied: registration not ensured (failurePolicy Fail)", "decision", ResultDenied)
-		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: false, Result: &metav1.Status{
-			Status: metav1.StatusFailure, Code: http.StatusInternalServerError, Reason: metav1.StatusReasonInternalError,
-			Message: "spire-mesh-injector: pod not admitted (failurePolicy Fail): " + err.Error(),
-		}}
-	}
-	h.metrics.admissions.WithLabelValues(ResultError, "registration-failed").Inc()
-	log.Error(err, "admitted wired, registration not ensured (failurePolicy Ignore)", "decision", ResultError)
-	wired.Warnings = []string{truncate("spire-mesh-injector: no SPIRE identity until the registration is repaired: "+err.Error(), maxWarning)}
-	return wired
+	return h.applyPolicy(log, req, "registration-failed", wired, "no SPIRE identity until the registration is repaired", err)
 }
 
 // mutate runs the chain on pod and returns the patch. A panic in a mutator is an internal fault,
@@ -249,21 +238,27 @@ func (h *Handler) deny(log logr.Logger, req *admissionv1.AdmissionRequest, msg s
 	}}
 }
 
-// internal applies the configured failure policy to a fault that is not the pod author's.
+// internal applies the configured failure policy to a fault that is not the pod author's; under
+// Ignore the pod is admitted unchanged.
 func (h *Handler) internal(log logr.Logger, req *admissionv1.AdmissionRequest, err error) *admissionv1.AdmissionResponse {
+	return h.applyPolicy(log, req, "internal-error", &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, "internal error, pod has no SPIRE identity", err)
+}
+
+// applyPolicy answers a fault that is not the pod author's as the configured failure policy says:
+// Fail denies the pod with the cause; Ignore admits `admitted` with a warning kubectl shows.
+func (h *Handler) applyPolicy(log logr.Logger, req *admissionv1.AdmissionRequest, reason string, admitted *admissionv1.AdmissionResponse, warning string, err error) *admissionv1.AdmissionResponse {
 	if h.policy == config.FailFail {
-		h.metrics.admissions.WithLabelValues(ResultDenied, "internal-error").Inc()
-		log.Error(err, "denied: internal error (failurePolicy Fail)", "decision", ResultDenied)
+		h.metrics.admissions.WithLabelValues(ResultDenied, reason).Inc()
+		log.Error(err, "denied (failurePolicy Fail)", "decision", ResultDenied, "reason", reason)
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: false, Result: &metav1.Status{
 			Status: metav1.StatusFailure, Code: http.StatusInternalServerError, Reason: metav1.StatusReasonInternalError,
-			Message: "spire-mesh-injector: internal error, pod not admitted (failurePolicy Fail): " + err.Error(),
+			Message: "spire-mesh-injector: pod not admitted (failurePolicy Fail): " + err.Error(),
 		}}
 	}
-	h.metrics.admissions.WithLabelValues(ResultError, "internal-error").Inc()
-	log.Error(err, "admitted without SPIRE wiring: internal error (failurePolicy Ignore)", "decision", ResultError)
-	return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true, Warnings: []string{
-		truncate("spire-mesh-injector: internal error, pod has no SPIRE identity: "+err.Error(), maxWarning),
-	}}
+	h.metrics.admissions.WithLabelValues(ResultError, reason).Inc()
+	log.Error(err, "admitted despite the fault (failurePolicy Ignore)", "decision", ResultError, "reason", reason)
+	admitted.Warnings = []string{truncate("spire-mesh-injector: "+warning+": "+err.Error(), maxWarning)}
+	return admitted
 }
 
 func truncate(s string, n int) string {

@@ -14,7 +14,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -27,8 +26,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/yaml"
@@ -78,7 +75,10 @@ func run(keep bool, out io.Writer) error {
 
 	cfg := config.Default()
 	fmt.Fprintf(out, "==> starting the webhook with the built-in configuration (trust domain %s, className %s)\n", cfg.TrustDomain, cfg.Registration.ClassName)
-	health := freePort()
+	health, err := kube.FreePort()
+	if err != nil {
+		return err
+	}
 	srvCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan error, 1)
@@ -145,8 +145,8 @@ func run(keep bool, out io.Writer) error {
 	fmt.Fprintf(out, "ClusterSPIFFEID the webhook ensured before admitting the first pod (spire-controller-manager turns it into SPIRE entries):\n%s\n", indent(string(y), "  "))
 
 	if keep {
-		path, err := writeKubeconfig(cp)
-		if err != nil {
+		path := filepath.Join(os.TempDir(), "spire-mesh-injector-demo.kubeconfig")
+		if err := cp.WriteKubeconfig(path, demoNamespace); err != nil {
 			return err
 		}
 		fmt.Fprintf(out, "==> running; press Ctrl-C to stop\n    kubectl --kubeconfig %s get pods -n %s\n", path, demoNamespace)
@@ -249,26 +249,6 @@ func describe(out io.Writer, p *corev1.Pod) {
 		}
 	}
 	fmt.Fprintf(out, "  %s: %s\n\n", annotations.StatusAnnotation, p.Annotations[annotations.StatusAnnotation])
-}
-
-func writeKubeconfig(cp *kube.ControlPlane) (string, error) {
-	c := cp.Config
-	kc := clientcmdapi.NewConfig()
-	kc.Clusters["demo"] = &clientcmdapi.Cluster{Server: c.Host, CertificateAuthorityData: c.CAData}
-	kc.AuthInfos["demo"] = &clientcmdapi.AuthInfo{ClientCertificateData: c.CertData, ClientKeyData: c.KeyData, Token: c.BearerToken}
-	kc.Contexts["demo"] = &clientcmdapi.Context{Cluster: "demo", AuthInfo: "demo", Namespace: demoNamespace}
-	kc.CurrentContext = "demo"
-	path := filepath.Join(os.TempDir(), "spire-mesh-injector-demo.kubeconfig")
-	return path, clientcmd.WriteToFile(*kc, path)
-}
-
-func freePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 func indent(s, prefix string) string {
