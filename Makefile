@@ -30,11 +30,12 @@ lint:
 
 ## tools: build (or reuse) kube-apiserver, etcd and kubectl, and SPIRE; prints their folders.
 tools:
-	@$(TOOLS) kube && $(TOOLS) spire && $(TOOLS) scm
+	@$(TOOLS) kube && $(TOOLS) spire && $(TOOLS) scm && $(TOOLS) promtool
 
 unit:
-	@kube=$$($(TOOLS) kube) && spire=$$($(TOOLS) spire) && scm=$$($(TOOLS) scm) && \
+	@kube=$$($(TOOLS) kube) && spire=$$($(TOOLS) spire) && scm=$$($(TOOLS) scm) && promtool=$$($(TOOLS) promtool) && \
 	  KUBEBUILDER_ASSETS=$$kube SMI_REQUIRE_ENVTEST=1 SPIRE_ASSETS=$$spire SCM_ASSETS=$$scm SMI_REQUIRE_SPIRE=1 \
+	  PROMTOOL_ASSETS=$$promtool SMI_REQUIRE_PROMTOOL=1 \
 	  $(GO) test -count=1 -timeout 20m ./...
 
 fuzz-brief:

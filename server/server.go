@@ -22,7 +22,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
-	ctrlwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
@@ -48,6 +47,8 @@ type Options struct {
 	// LeaderElection elects one replica to run the reconciler, in LeaderElectionNamespace.
 	LeaderElection          bool
 	LeaderElectionNamespace string
+	// Limits bound the webhook listener (zero: DefaultLimits).
+	Limits Limits
 	// Log receives every log line.
 	Log logr.Logger
 }
@@ -86,9 +87,10 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	log.Info("starting", "version", version.Version, "commit", version.Commit, "configVersion", cfg.Version(),
 		"trustDomain", cfg.TrustDomain, "className", cfg.Registration.ClassName, "failurePolicy", cfg.FailurePolicy)
 
-	hookSrv := ctrlwebhook.NewServer(ctrlwebhook.Options{
-		Host: o.Host, Port: o.Port, CertDir: o.CertDir, CertName: "tls.crt", KeyName: "tls.key", TLSOpts: TLSOptions,
-	})
+	if o.Limits == (Limits{}) {
+		o.Limits = DefaultLimits
+	}
+	hookSrv := newHookServer(o.Host, o.Port, o.CertDir, TLSOptions, o.Limits)
 	gracePeriod := 30 * time.Second
 	mgr, err := ctrl.NewManager(o.RestConfig, ctrl.Options{
 		Scheme: Scheme(),
@@ -111,14 +113,14 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 		return fmt.Errorf("indexing ClusterSPIFFEIDs: %w", err)
 	}
 	regMetrics := registration.NewMetrics(ctrlmetrics.Registry)
+	registerCertificateExpiry(ctrlmetrics.Registry, o.CertDir)
 	recorder := mgr.GetEventRecorderFor("spire-mesh-injector")
 	if err := registration.NewReconciler(cfg, mgr.GetClient(), recorder, regMetrics).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the registration reconciler: %w", err)
 	}
 	ensurer := registration.NewEnsurer(cfg, mgr.GetCache(), mgr.GetClient(), recorder, regMetrics)
 	// GetWebhookServer is what adds the webhook server to the manager's runnables.
-	hookSrv = mgr.GetWebhookServer()
-	hookSrv.Register(webhook.Path, webhook.NewHandler(mutators.NewChain(cfg), ensurer, log.WithName("admission"), webhook.NewMetrics(ctrlmetrics.Registry)))
+	mgr.GetWebhookServer().Register(webhook.Path, webhook.NewHandler(mutators.NewChain(cfg), ensurer, log.WithName("admission"), webhook.NewMetrics(ctrlmetrics.Registry)))
 
 	var shuttingDown atomic.Bool
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {

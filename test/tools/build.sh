@@ -6,6 +6,7 @@
 #   test/tools/build.sh kube      # prints the folder holding kube-apiserver, etcd, kubectl
 #   test/tools/build.sh spire     # prints the folder holding spire-server, spire-agent, spiffe-csi-driver
 #   test/tools/build.sh scm       # prints the folder holding spire-controller-manager
+#   test/tools/build.sh promtool  # prints the folder holding promtool (Prometheus' rule unit tests)
 #
 # The cache root is $SMI_TOOLS_CACHE (default ~/.cache/spire-mesh-injector/tools).
 set -euo pipefail
@@ -15,6 +16,7 @@ ETCD_VERSION=${ETCD_VERSION:-3.6.16}
 SPIRE_VERSION=${SPIRE_VERSION:-1.13.3}
 CSI_VERSION=${CSI_VERSION:-0.2.6}
 SCM_VERSION=${SCM_VERSION:-0.6.4}
+PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-0.316.0}  # the Go module of Prometheus v3.16
 CACHE=${SMI_TOOLS_CACHE:-$HOME/.cache/spire-mesh-injector/tools}
 
 log() { printf 'build.sh: %s\n' "$*" >&2; }
@@ -122,9 +124,22 @@ build_scm() {
   echo "$out"
 }
 
+build_promtool() {
+  local out="$CACHE/promtool-$PROMETHEUS_VERSION"
+  if [[ -x $out/promtool ]]; then
+    echo "$out"; return
+  fi
+  log "building promtool (github.com/prometheus/prometheus v$PROMETHEUS_VERSION) into $out"
+  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+  build_module "$out.tmp" "github.com/prometheus/prometheus@v$PROMETHEUS_VERSION" 0 github.com/prometheus/prometheus/cmd/promtool
+  rm -rf "$out" && mv "$out.tmp" "$out"
+  echo "$out"
+}
+
 case ${1:-} in
   kube) build_kube ;;
   spire) build_spire ;;
   scm) build_scm ;;
-  *) echo "usage: $0 kube|spire|scm" >&2; exit 2 ;;
+  promtool) build_promtool ;;
+  *) echo "usage: $0 kube|spire|scm|promtool" >&2; exit 2 ;;
 esac

@@ -1,0 +1,39 @@
+package server
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/promutil"
+)
+
+// registerCertificateExpiry exports the serving certificate's expiry, read from certDir at each
+// scrape (so a rotated certificate shows at once). An unreadable certificate reads as 0, which the
+// certificate alert treats as expired: a webhook without a usable certificate is a problem too.
+func registerCertificateExpiry(reg prometheus.Registerer, certDir string) {
+	path := filepath.Join(certDir, "tls.crt")
+	promutil.Register[prometheus.GaugeFunc](reg, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "spire_mesh_injector_serving_certificate_expiry_timestamp_seconds",
+		Help: "Unix time at which the webhook's serving certificate (tls.crt in --cert-dir) expires; 0 when it cannot be read.",
+	}, func() float64 { return certificateExpiry(path) }))
+}
+
+func certificateExpiry(path string) float64 {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	block, _ := pem.Decode(b)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return 0
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return 0
+	}
+	return float64(cert.NotAfter.Unix())
+}
