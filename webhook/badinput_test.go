@@ -155,7 +155,9 @@ func TestBadInputCatalogue(t *testing.T) {
 		assert.Equal(t, annotations.ModeWorkload, st.Mode)
 	})
 	t.Run("37 a status annotation claiming the pod was skipped", func(t *testing.T) {
-		js := edit(plain, func(p *corev1.Pod) { p.Annotations[annotations.StatusAnnotation] = `{"version":1,"skipped":"opt-out-label"}` })
+		js := edit(plain, func(p *corev1.Pod) {
+			p.Annotations[annotations.StatusAnnotation] = `{"version":1,"skipped":"opt-out-label"}`
+		})
 		p := wiredAs(t, in("payments", js), js)
 		assert.Equal(t, "workload", p.Labels[annotations.InjectedLabel])
 	})
