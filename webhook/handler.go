@@ -21,6 +21,7 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
+	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 )
 
 // Path is where the server serves pod mutations.
@@ -207,7 +208,14 @@ func (h *Handler) Review(ctx context.Context, req *admissionv1.AdmissionRequest)
 // ClusterSPIFFEID could not be ensured: Fail denies the pod; Ignore admits it wired, with a
 // warning, so it gets its identity as soon as the reconciler repairs the registration.
 func (h *Handler) registrationFailed(log logr.Logger, req *admissionv1.AdmissionRequest, wired *admissionv1.AdmissionResponse, err error) *admissionv1.AdmissionResponse {
-	return h.applyPolicy(log, req, "registration-failed", wired, "no SPIRE identity until the registration is repaired", err)
+	warning := "no SPIRE identity until the registration is repaired"
+	// A warning is cut at 120 characters: lead with the cause, not the object's name.
+	var ee *registration.EnsureError
+	if errors.As(err, &ee) {
+		return h.applyPolicyWarning(log, req, "registration-failed", wired, err,
+			fmt.Sprintf("%s (%s): %v", warning, ee.Reason, ee.Err))
+	}
+	return h.applyPolicy(log, req, "registration-failed", wired, warning, err)
 }
 
 // mutate runs the chain on pod and returns the patch. A panic in a mutator is an internal fault,
@@ -247,6 +255,11 @@ func (h *Handler) internal(log logr.Logger, req *admissionv1.AdmissionRequest, e
 // applyPolicy answers a fault that is not the pod author's as the configured failure policy says:
 // Fail denies the pod with the cause; Ignore admits `admitted` with a warning kubectl shows.
 func (h *Handler) applyPolicy(log logr.Logger, req *admissionv1.AdmissionRequest, reason string, admitted *admissionv1.AdmissionResponse, warning string, err error) *admissionv1.AdmissionResponse {
+	return h.applyPolicyWarning(log, req, reason, admitted, err, warning+": "+err.Error())
+}
+
+// applyPolicyWarning is applyPolicy with the whole warning text given.
+func (h *Handler) applyPolicyWarning(log logr.Logger, req *admissionv1.AdmissionRequest, reason string, admitted *admissionv1.AdmissionResponse, err error, warning string) *admissionv1.AdmissionResponse {
 	if h.policy == config.FailFail {
 		h.metrics.admissions.WithLabelValues(ResultDenied, reason).Inc()
 		log.Error(err, "denied (failurePolicy Fail)", "decision", ResultDenied, "reason", reason)
@@ -257,7 +270,7 @@ func (h *Handler) applyPolicy(log logr.Logger, req *admissionv1.AdmissionRequest
 	}
 	h.metrics.admissions.WithLabelValues(ResultError, reason).Inc()
 	log.Error(err, "admitted despite the fault (failurePolicy Ignore)", "decision", ResultError, "reason", reason)
-	admitted.Warnings = []string{truncate("spire-mesh-injector: "+warning+": "+err.Error(), maxWarning)}
+	admitted.Warnings = []string{truncate("spire-mesh-injector: "+warning, maxWarning)}
 	return admitted
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -81,4 +82,19 @@ func TestValidatingPolicySafetyNet(t *testing.T) {
 	assert.NoError(t, k8s.Create(ctx, plainPod(other, "unrelated", nil)), "other namespaces keep working")
 	assert.NoError(t, k8s.Create(ctx, plainPod(optedIn, "opted-out", map[string]string{annotations.InjectionLabel: annotations.InjectionDisabled})),
 		"break glass: a pod labelled spire-injection=disabled is created without identity")
+
+	// failurePolicy Fail: the API server refuses the pod itself, naming the webhook and the cause.
+	require.NoError(t, k8s.Get(ctx, client.ObjectKey{Name: "spire-mesh-injector"}, mwc))
+	fail := admissionregistrationv1.Fail
+	mwc.Webhooks[0].FailurePolicy = &fail
+	require.NoError(t, k8s.Update(ctx, mwc))
+	require.Eventually(t, func() bool {
+		refusal = k8s.Create(ctx, plainPod(optedIn, "unwired-fail", nil), client.DryRunAll)
+		return refusal != nil && strings.Contains(refusal.Error(), "failed calling webhook")
+	}, 30*time.Second, 100*time.Millisecond, "with failurePolicy Fail the webhook's failure refuses the pod")
+	assert.Contains(t, refusal.Error(), `"pods.spire-mesh-injector.io"`)
+	assert.Contains(t, refusal.Error(), "connection refused")
+	assert.NoError(t, k8s.Create(ctx, plainPod(other, "unrelated-fail", nil)), "other namespaces keep working")
+	assert.NoError(t, k8s.Create(ctx, plainPod(optedIn, "opted-out-fail", map[string]string{annotations.InjectionLabel: annotations.InjectionDisabled})),
+		"break glass works with Fail too: the objectSelector spares the call")
 }
