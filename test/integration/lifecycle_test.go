@@ -130,14 +130,43 @@ func TestServerLifecycle(t *testing.T) {
 		return c.ConnectionState().PeerCertificates[0].SerialNumber.Cmp(second.SerialNumber) == 0
 	}, 10*time.Second, 100*time.Millisecond, "serving certificate not reloaded")
 
-	cancel()
-	require.NoError(t, waitFor(getStatus(health+"/readyz"), http.StatusInternalServerError), "readiness turns false first")
+	// An admission in flight when shutdown begins: its body arrives over 3 s, longer than the
+	// 2 s shutdown delay, so the listener closes while it is being served. It must complete.
 	roots2 := x509.NewCertPool()
 	roots2.AddCert(second)
+	pr, pw := io.Pipe()
+	inflight := make(chan *http.Response, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodPost, hook, pr)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := https(roots2).Do(req)
+		if err != nil {
+			t.Logf("in-flight request: %v", err)
+			inflight <- nil
+			return
+		}
+		inflight <- resp
+	}()
+	_, err = pw.Write(body[:len(body)/2])
+	require.NoError(t, err)
+
+	cancel()
+	require.NoError(t, waitFor(getStatus(health+"/readyz"), http.StatusInternalServerError), "readiness turns false first")
 	resp, err = https(roots2).Post(hook, "application/json", bytes.NewReader(body))
 	require.NoError(t, err, "still answering during the shutdown delay")
 	resp.Body.Close()
 	assert.Equal(t, 200, resp.StatusCode)
+	time.Sleep(3 * time.Second)
+	_, err = pw.Write(body[len(body)/2:])
+	require.NoError(t, err)
+	require.NoError(t, pw.Close())
+	r := <-inflight
+	require.NotNil(t, r, "the in-flight admission was drained, not dropped")
+	var drained admissionv1.AdmissionReview
+	require.NoError(t, json.NewDecoder(r.Body).Decode(&drained))
+	r.Body.Close()
+	assert.True(t, drained.Response.Allowed)
+	assert.NotEmpty(t, drained.Response.Patch)
 	select {
 	case err := <-done:
 		require.NoError(t, err)
