@@ -37,3 +37,15 @@ func certificateExpiry(path string) float64 {
 	}
 	return float64(cert.NotAfter.Unix())
 }
+
+// registerConfigInfo exports which configuration this replica runs. Configuration is not reloaded
+// in place: a changed ConfigMap gets a new name (kustomize's content hash) and the Deployment rolls,
+// so during a rollout the replicas' config_version labels show the old and the new side by side.
+func registerConfigInfo(reg prometheus.Registerer, version, trustDomain, className, failurePolicy string) {
+	g := promutil.Register(reg, prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "spire_mesh_injector_config_info",
+		Help: "The configuration this replica runs: its version (status annotations carry the same), trust domain, className and failure policy. Always 1.",
+	}, []string{"config_version", "trust_domain", "class_name", "failure_policy"}))
+	g.Reset()
+	g.WithLabelValues(version, trustDomain, className, failurePolicy).Set(1)
+}

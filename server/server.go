@@ -114,13 +114,15 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	}
 	regMetrics := registration.NewMetrics(ctrlmetrics.Registry)
 	registerCertificateExpiry(ctrlmetrics.Registry, o.CertDir)
+	registerConfigInfo(ctrlmetrics.Registry, cfg.Version(), cfg.TrustDomain, cfg.Registration.ClassName, string(cfg.FailurePolicy))
 	recorder := mgr.GetEventRecorderFor("spire-mesh-injector")
 	if err := registration.NewReconciler(cfg, mgr.GetClient(), recorder, regMetrics).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the registration reconciler: %w", err)
 	}
 	ensurer := registration.NewEnsurer(cfg, mgr.GetCache(), mgr.GetClient(), recorder, regMetrics)
 	// GetWebhookServer is what adds the webhook server to the manager's runnables.
-	mgr.GetWebhookServer().Register(webhook.Path, webhook.NewHandler(mutators.NewChain(cfg), ensurer, log.WithName("admission"), webhook.NewMetrics(ctrlmetrics.Registry)))
+	mgr.GetWebhookServer().Register(webhook.Path,
+		webhook.NewHandler(mutators.NewChain(cfg), ensurer, log.WithName("admission"), webhook.NewMetrics(ctrlmetrics.Registry)).WithRecorder(recorder))
 
 	var shuttingDown atomic.Bool
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {

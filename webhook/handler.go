@@ -16,7 +16,9 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/tools/record"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
@@ -57,7 +59,43 @@ type Handler struct {
 	policy    config.FailurePolicy
 	log       logr.Logger
 	metrics   *Metrics
+	recorder  record.EventRecorder
 	now       func() time.Time
+}
+
+// Event reasons the handler records.
+const (
+	EventDenied  = "SPIREInjectionDenied"
+	EventSkipped = "SPIREInjectionSkipped"
+	EventFailed  = "SPIREInjectionFailed"
+)
+
+// WithRecorder makes the handler record Events for denials, skips worth knowing and internal
+// faults. A pod being admitted does not exist yet, so the Event goes to its controller (the
+// ReplicaSet, Job, ... whose FailedCreate the user is looking at) or, for a bare pod, to its
+// namespace.
+func (h *Handler) WithRecorder(r record.EventRecorder) *Handler {
+	h.recorder = r
+	return h
+}
+
+func (h *Handler) event(req *admissionv1.AdmissionRequest, pod *corev1.Pod, eventType, reason, message string) {
+	if h.recorder == nil {
+		return
+	}
+	var obj runtime.Object = &corev1.Namespace{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Namespace"},
+		ObjectMeta: metav1.ObjectMeta{Name: req.Namespace},
+	}
+	if pod != nil {
+		if owner := metav1.GetControllerOf(pod); owner != nil {
+			obj = &metav1.PartialObjectMetadata{
+				TypeMeta:   metav1.TypeMeta{APIVersion: owner.APIVersion, Kind: owner.Kind},
+				ObjectMeta: metav1.ObjectMeta{Name: owner.Name, Namespace: req.Namespace, UID: owner.UID},
+			}
+		}
+	}
+	h.recorder.Event(obj, eventType, reason, message)
 }
 
 // NewHandler returns a handler that runs chain, ensures registrations with registrar (nil: none,
@@ -154,23 +192,27 @@ func (h *Handler) Review(ctx context.Context, req *admissionv1.AdmissionRequest)
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}
 	}
 	if len(req.Object.Raw) == 0 {
-		return h.deny(log.WithValues("pod", podName(req)), req, "request.object: missing; allowed: the Pod being created")
+		return h.deny(log.WithValues("pod", podName(req)), req, nil, "request.object: missing; allowed: the Pod being created")
 	}
 	pod, err := DecodePod(req.Object.Raw)
 	if err != nil {
-		return h.deny(log.WithValues("pod", podName(req)), req, "request.object: not a valid Pod: "+err.Error())
+		return h.deny(log.WithValues("pod", podName(req)), req, nil, "request.object: not a valid Pod: "+err.Error())
 	}
 	log = log.WithValues("pod", podNameOf(pod))
 
 	mut, ops, res, err := h.mutate(pod, req.Namespace)
 	switch {
 	case err != nil && mutators.IsInvalid(err):
-		return h.deny(log, req, err.Error())
+		return h.deny(log, req, pod, err.Error())
 	case err != nil:
+		h.event(req, pod, corev1.EventTypeWarning, EventFailed, truncate("spire-mesh-injector: internal error: "+err.Error(), 1024))
 		return h.internal(log, req, err)
 	case res.Skipped != "":
 		h.metrics.admissions.WithLabelValues(ResultSkipped, string(res.Skipped)).Inc()
 		log.Info("skipped", "decision", ResultSkipped, "reason", res.Skipped)
+		if res.Skipped != annotations.SkipOptOut {
+			h.event(req, pod, corev1.EventTypeNormal, EventSkipped, "spire-mesh-injector left the pod without SPIRE identity: "+string(res.Skipped))
+		}
 	case len(ops) == 0:
 		h.metrics.admissions.WithLabelValues(ResultUnchanged, string(res.Mode)).Inc()
 		log.V(1).Info("already wired", "decision", ResultUnchanged, "mode", res.Mode)
@@ -237,9 +279,10 @@ func (h *Handler) mutate(pod *corev1.Pod, namespace string) (mut *corev1.Pod, op
 
 // deny refuses a pod for a reason its author can fix. allowed:false rejects whatever the
 // webhook's failurePolicy says.
-func (h *Handler) deny(log logr.Logger, req *admissionv1.AdmissionRequest, msg string) *admissionv1.AdmissionResponse {
+func (h *Handler) deny(log logr.Logger, req *admissionv1.AdmissionRequest, pod *corev1.Pod, msg string) *admissionv1.AdmissionResponse {
 	h.metrics.admissions.WithLabelValues(ResultDenied, "invalid-pod").Inc()
 	log.Info("denied", "decision", ResultDenied, "reason", msg)
+	h.event(req, pod, corev1.EventTypeWarning, EventDenied, "spire-mesh-injector: "+msg)
 	return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: false, Result: &metav1.Status{
 		Status: metav1.StatusFailure, Code: http.StatusBadRequest, Reason: metav1.StatusReasonBadRequest,
 		Message: "spire-mesh-injector: " + msg,

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -17,7 +18,9 @@ import (
 	"github.com/stretchr/testify/require"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
@@ -351,4 +354,55 @@ func TestRegistrationAtAdmission(t *testing.T) {
 			}
 		})
 	}
+}
+
+// capturingRecorder records what the handler reports and where.
+type capturingRecorder struct {
+	events []capturedEvent
+}
+
+type capturedEvent struct {
+	kind, name, eventType, reason, message string
+}
+
+func (c *capturingRecorder) Event(obj runtime.Object, eventType, reason, message string) {
+	acc, _ := meta.Accessor(obj)
+	c.events = append(c.events, capturedEvent{obj.GetObjectKind().GroupVersionKind().Kind, acc.GetName(), eventType, reason, message})
+}
+func (c *capturingRecorder) Eventf(obj runtime.Object, eventType, reason, format string, args ...any) {
+	c.Event(obj, eventType, reason, fmt.Sprintf(format, args...))
+}
+func (c *capturingRecorder) AnnotatedEventf(obj runtime.Object, _ map[string]string, eventType, reason, format string, args ...any) {
+	c.Eventf(obj, eventType, reason, format, args...)
+}
+
+func TestEventsGoToTheController(t *testing.T) {
+	owned := podtest.Decode(t, podJSON(t, "plain-workload"))
+	yes := true
+	owned.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "billing-6c8d5f7b9", UID: "rs-uid", Controller: &yes}}
+	owned.Annotations = map[string]string{annotations.AudienceAnnotation: ""}
+	bare := podtest.Decode(t, podJSON(t, "plain-workload"))
+	bare.Annotations = map[string]string{annotations.AudienceAnnotation: "a,a"}
+	windows := podJSON(t, "windows")
+
+	rec := &capturingRecorder{}
+	h, _ := newHandler(t, podtest.Config(t))
+	h.WithRecorder(rec)
+	review(t, h, podtest.ReviewBody(t, podtest.Request("payments", mustJSON(t, owned))))
+	review(t, h, podtest.ReviewBody(t, podtest.Request("payments", mustJSON(t, bare))))
+	review(t, h, podtest.ReviewBody(t, podtest.Request("win", windows)))
+	review(t, h, podtest.ReviewBody(t, podtest.Request("payments", podJSON(t, "plain-workload"))))
+	h.run = func(*corev1.Pod, mutators.Request) (mutators.Result, error) {
+		return mutators.Result{}, errors.New("boom")
+	}
+	review(t, h, podtest.ReviewBody(t, podtest.Request("payments", podJSON(t, "plain-workload"))))
+
+	require.Len(t, rec.events, 4, "denials, skips and faults; nothing for a pod wired as usual")
+	assert.Equal(t, capturedEvent{"ReplicaSet", "billing-6c8d5f7b9", "Warning", EventDenied,
+		"spire-mesh-injector: metadata.annotation spiffe.io/audience: empty; allowed: a comma-separated list of 1 to 8 audiences, e.g. \"my-service,https://api.example.com\""}, rec.events[0])
+	assert.Equal(t, "Namespace", rec.events[1].kind, "a bare pod's denial goes to its namespace")
+	assert.Equal(t, "payments", rec.events[1].name)
+	assert.Equal(t, capturedEvent{"Namespace", "win", "Normal", EventSkipped, "spire-mesh-injector left the pod without SPIRE identity: windows-pod"}, rec.events[2])
+	assert.Equal(t, EventFailed, rec.events[3].reason)
+	assert.Contains(t, rec.events[3].message, "boom")
 }

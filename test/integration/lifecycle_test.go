@@ -116,7 +116,8 @@ func TestServerLifecycle(t *testing.T) {
 	require.NoError(t, err)
 	mb, _ := io.ReadAll(mresp.Body)
 	mresp.Body.Close()
-	for _, name := range []string{"spire_mesh_injector_admissions_total", "spire_mesh_injector_admission_duration_seconds", "spire_mesh_injector_registration_ensures_total", "spire_mesh_injector_patch_bytes"} {
+	for _, name := range []string{"spire_mesh_injector_admissions_total", "spire_mesh_injector_admission_duration_seconds", "spire_mesh_injector_registration_ensures_total", "spire_mesh_injector_patch_bytes",
+		"spire_mesh_injector_serving_certificate_expiry_timestamp_seconds", `spire_mesh_injector_config_info{class_name="zero-trust-workload-identity-manager-spire"`} {
 		assert.Contains(t, string(mb), name)
 	}
 
