@@ -250,14 +250,13 @@ func (h *Handler) Review(ctx context.Context, req *admissionv1.AdmissionRequest)
 // ClusterSPIFFEID could not be ensured: Fail denies the pod; Ignore admits it wired, with a
 // warning, so it gets its identity as soon as the reconciler repairs the registration.
 func (h *Handler) registrationFailed(log logr.Logger, req *admissionv1.AdmissionRequest, wired *admissionv1.AdmissionResponse, err error) *admissionv1.AdmissionResponse {
-	warning := "no SPIRE identity until the registration is repaired"
+	warning := "no SPIRE identity until the registration is repaired: " + err.Error()
 	// A warning is cut at 120 characters: lead with the cause, not the object's name.
 	var ee *registration.EnsureError
 	if errors.As(err, &ee) {
-		return h.applyPolicyWarning(log, req, "registration-failed", wired, err,
-			fmt.Sprintf("%s (%s): %v", warning, ee.Reason, ee.Err))
+		warning = fmt.Sprintf("no SPIRE identity until the registration is repaired (%s): %v", ee.Reason, ee.Err)
 	}
-	return h.applyPolicy(log, req, "registration-failed", wired, warning, err)
+	return h.applyPolicy(log, req, "registration-failed", wired, err, warning)
 }
 
 // mutate runs the chain on pod and returns the patch. A panic in a mutator is an internal fault,
@@ -292,17 +291,13 @@ func (h *Handler) deny(log logr.Logger, req *admissionv1.AdmissionRequest, pod *
 // internal applies the configured failure policy to a fault that is not the pod author's; under
 // Ignore the pod is admitted unchanged.
 func (h *Handler) internal(log logr.Logger, req *admissionv1.AdmissionRequest, err error) *admissionv1.AdmissionResponse {
-	return h.applyPolicy(log, req, "internal-error", &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, "internal error, pod has no SPIRE identity", err)
+	return h.applyPolicy(log, req, "internal-error", &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, err,
+		"internal error, pod has no SPIRE identity: "+err.Error())
 }
 
 // applyPolicy answers a fault that is not the pod author's as the configured failure policy says:
 // Fail denies the pod with the cause; Ignore admits `admitted` with a warning kubectl shows.
-func (h *Handler) applyPolicy(log logr.Logger, req *admissionv1.AdmissionRequest, reason string, admitted *admissionv1.AdmissionResponse, warning string, err error) *admissionv1.AdmissionResponse {
-	return h.applyPolicyWarning(log, req, reason, admitted, err, warning+": "+err.Error())
-}
-
-// applyPolicyWarning is applyPolicy with the whole warning text given.
-func (h *Handler) applyPolicyWarning(log logr.Logger, req *admissionv1.AdmissionRequest, reason string, admitted *admissionv1.AdmissionResponse, err error, warning string) *admissionv1.AdmissionResponse {
+func (h *Handler) applyPolicy(log logr.Logger, req *admissionv1.AdmissionRequest, reason string, admitted *admissionv1.AdmissionResponse, err error, warning string) *admissionv1.AdmissionResponse {
 	if h.policy == config.FailFail {
 		h.metrics.admissions.WithLabelValues(ResultDenied, reason).Inc()
 		log.Error(err, "denied (failurePolicy Fail)", "decision", ResultDenied, "reason", reason)
