@@ -3,15 +3,8 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net/http"
 	"os"
 	"os/exec"
@@ -35,8 +28,10 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 	smiserver "github.com/spire-mesh-injector/spire-mesh-injector/server"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/certs"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/spire"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/tools"
 )
 
 // ZTWIM configures spire-controller-manager with its class, the cluster name, a k8s_psat parent ID
@@ -54,10 +49,8 @@ const (
 // sets spec.nodeName itself, and deletes pods with grace period 0.
 func TestRegistrationsBecomeSPIREEntries(t *testing.T) {
 	scmBin := scmBinary(t)
+	tools.Require(t, "SMI_REQUIRE_ENVTEST", "KUBEBUILDER_ASSETS", "kube", "kube-apiserver", "etcd", "kubectl")
 	cp, err := kube.Start()
-	if errors.Is(err, kube.ErrNoAssets) && os.Getenv("SMI_REQUIRE_ENVTEST") == "" {
-		t.Skip(err)
-	}
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = cp.Stop() })
 	ctx, cancel := context.WithCancel(context.Background())
@@ -236,18 +229,7 @@ registration:
 
 // scmBinary is spire-controller-manager built by `test/tools/build.sh scm` (SCM_ASSETS).
 func scmBinary(t *testing.T) string {
-	t.Helper()
-	dir := os.Getenv("SCM_ASSETS")
-	if dir == "" {
-		if os.Getenv("SMI_REQUIRE_SPIRE") != "" {
-			t.Fatal("SCM_ASSETS is not set: build spire-controller-manager with `test/tools/build.sh scm`")
-		}
-		t.Skip("SCM_ASSETS is not set: build spire-controller-manager with `test/tools/build.sh scm` (make test does)")
-	}
-	bin := filepath.Join(dir, "spire-controller-manager")
-	_, err := os.Stat(bin)
-	require.NoError(t, err)
-	return bin
+	return filepath.Join(tools.Require(t, "SMI_REQUIRE_SPIRE", "SCM_ASSETS", "scm", "spire-controller-manager"), "spire-controller-manager")
 }
 
 // logBuffer is a goroutine-safe buffer for a child process's output.
@@ -318,17 +300,9 @@ ignoreNamespaces:
 // (its bundle endpoint is not reachable here; the initial bundle is what SPIRE federates with).
 func partnerFederation(t *testing.T) *spirev1alpha1.ClusterFederatedTrustDomain {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "partner.example CA"}, IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	require.NoError(t, err)
-	cert, err := x509.ParseCertificate(der)
-	require.NoError(t, err)
 	td := spiffeid.RequireTrustDomainFromString("partner.example")
 	b := spiffebundle.New(td)
-	b.AddX509Authority(cert)
+	b.AddX509Authority(certs.NewCA(t, "partner.example CA").Cert)
 	b.SetRefreshHint(time.Minute)
 	doc, err := b.Marshal()
 	require.NoError(t, err)

@@ -3,9 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -13,15 +11,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
-	"github.com/spire-mesh-injector/spire-mesh-injector/server"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
 )
 
 // callCounter counts the API requests a server makes, watches apart.
@@ -60,29 +53,7 @@ func TestSteadyStateCostsNoAPICall(t *testing.T) {
 	counter := &callCounter{on: true}
 	cfg := rest.CopyConfig(cp.Config)
 	cfg.WrapTransport = counter.wrap
-	ca := newTestCA(t)
-	dir := t.TempDir()
-	ca.issue(t, dir, 2)
-	port, health := freePort(), freePort()
-	sctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- server.Run(sctx, testConfig, server.Options{RestConfig: cfg, Host: "127.0.0.1", Port: port, CertDir: dir,
-			HealthAddr: "127.0.0.1:" + strconv.Itoa(health), MetricsAddr: "0", LeaderElection: true, LeaderElectionNamespace: "steady-state-lease",
-			Log: zap.New(zap.WriteTo(io.Discard))})
-	}()
-	t.Cleanup(func() { cancel(); <-done })
-	require.NoError(t, createNamespace(ctx, "steady-state-lease", nil))
-	require.NoError(t, kube.WaitReady(ctx, getStatus("http://127.0.0.1:"+strconv.Itoa(health)+"/readyz")))
-
-	mwc, err := kube.WebhookConfiguration(fmt.Sprintf("https://127.0.0.1:%d", port), ca.pem)
-	require.NoError(t, err)
-	mwc.Name = "spire-mesh-injector-steady-state"
-	fail := admissionregistrationv1.Fail
-	mwc.Webhooks[0].FailurePolicy = &fail
-	mwc.Webhooks[0].NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"steady-state-test": "true"}}
-	require.NoError(t, k8s.Create(ctx, mwc))
-	t.Cleanup(func() { _ = k8s.Delete(context.Background(), mwc) })
+	r := startReplica(t, cfg, "steady-state-lease", "steady-state-test")
 	// This replica must be the only one wiring the namespace's pods (otherwise it would only see
 	// pods already wired): the suite's own webhook configuration steps aside meanwhile.
 	main := &admissionregistrationv1.MutatingWebhookConfiguration{}
@@ -94,10 +65,7 @@ func TestSteadyStateCostsNoAPICall(t *testing.T) {
 		require.NoError(t, waitWebhookActive(context.Background()))
 	})
 	ns := namespace(t, true, nil)
-	nsObj := &corev1.Namespace{}
-	require.NoError(t, k8s.Get(ctx, client.ObjectKey{Name: ns}, nsObj))
-	nsObj.Labels["steady-state-test"] = "true"
-	require.NoError(t, k8s.Update(ctx, nsObj))
+	r.serve(t, ns)
 	// The first pod creates the registration (a write, as it should).
 	eventually(t, "the webhook is active and the registration exists", func() bool {
 		p := plainPod(ns, fmt.Sprintf("first-%d", len(counter.writes)), nil)

@@ -125,3 +125,19 @@ func waitWebhookActive(ctx context.Context) error {
 	}
 	return fmt.Errorf("the API server never called the webhook")
 }
+
+// waitNamespaceWarning waits for a Warning Event with reason on Namespace ns. Events about a
+// cluster-scoped object are stored in "default".
+func waitNamespaceWarning(t *testing.T, ns, reason string) {
+	t.Helper()
+	eventually(t, "a Warning "+reason+" Event on namespace "+ns, func() bool {
+		var events corev1.EventList
+		require.NoError(t, k8s.List(context.Background(), &events, client.InNamespace("default")))
+		for _, e := range events.Items {
+			if e.InvolvedObject.Kind == "Namespace" && e.InvolvedObject.Name == ns && e.Reason == reason && e.Type == corev1.EventTypeWarning {
+				return true
+			}
+		}
+		return false
+	})
+}

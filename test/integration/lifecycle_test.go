@@ -3,20 +3,12 @@ package integration
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -27,35 +19,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/server"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/certs"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/podtest"
 	"github.com/spire-mesh-injector/spire-mesh-injector/webhook"
 )
-
-// writeCert writes a fresh self-signed serving certificate for 127.0.0.1 into dir, the way
-// Kubernetes updates a mounted secret (write aside, then rename into place).
-func writeCert(t *testing.T, dir string, serial int64) *x509.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "spire-mesh-injector.test"},
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IsCA: true, BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	require.NoError(t, err)
-	kb, err := x509.MarshalECPrivateKey(key)
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "tls.key.tmp"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600))
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "tls.crt.tmp"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
-	require.NoError(t, os.Rename(filepath.Join(dir, "tls.key.tmp"), filepath.Join(dir, "tls.key")))
-	require.NoError(t, os.Rename(filepath.Join(dir, "tls.crt.tmp"), filepath.Join(dir, "tls.crt")))
-	cert, err := x509.ParseCertificate(der)
-	require.NoError(t, err)
-	return cert
-}
 
 // TestServerLifecycle runs a second replica of the real server (it does not win the leader lease,
 // so it only serves admissions): TLS admission, health, readiness and metrics; serving-certificate
@@ -63,7 +30,8 @@ func writeCert(t *testing.T, dir string, serial int64) *x509.Certificate {
 // answering admissions until the listener closes.
 func TestServerLifecycle(t *testing.T) {
 	dir := t.TempDir()
-	first := writeCert(t, dir, 1)
+	ca := certs.NewCA(t, "lifecycle test CA")
+	ca.Issue(t, dir, 1)
 	hookPort, healthPort, metricsPort := freePort(), freePort(), freePort()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -90,8 +58,7 @@ func TestServerLifecycle(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 200, code)
 
-	roots := x509.NewCertPool()
-	roots.AddCert(first)
+	roots := ca.Pool()
 	https := func(pool *x509.CertPool) *http.Client {
 		return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	}
@@ -121,7 +88,7 @@ func TestServerLifecycle(t *testing.T) {
 		assert.Contains(t, string(mb), name)
 	}
 
-	second := writeCert(t, dir, 2)
+	second := ca.Issue(t, dir, 2)
 	require.Eventually(t, func() bool {
 		c, err := tls.Dial("tcp", "127.0.0.1:"+strconv.Itoa(hookPort), &tls.Config{InsecureSkipVerify: true})
 		if err != nil {
@@ -133,8 +100,7 @@ func TestServerLifecycle(t *testing.T) {
 
 	// An admission in flight when shutdown begins: its body arrives over 3 s, longer than the
 	// 2 s shutdown delay, so the listener closes while it is being served. It must complete.
-	roots2 := x509.NewCertPool()
-	roots2.AddCert(second)
+	roots2 := ca.Pool()
 	pr, pw := io.Pipe()
 	inflight := make(chan *http.Response, 1)
 	go func() {

@@ -25,6 +25,7 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/server"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/tools"
 )
 
 var (
@@ -44,7 +45,7 @@ func TestMain(m *testing.M) {
 func run(m *testing.M) int {
 	var err error
 	cp, err = kube.Start()
-	if errors.Is(err, kube.ErrNoAssets) && os.Getenv("SMI_REQUIRE_ENVTEST") == "" {
+	if errors.Is(err, tools.ErrNotBuilt) && os.Getenv("SMI_REQUIRE_ENVTEST") == "" {
 		fmt.Println("SKIP: the envtest suite needs a control plane:", err)
 		return 0
 	}

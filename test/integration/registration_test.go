@@ -229,17 +229,7 @@ func TestAnotherRegistrationForTheSamePodsIsAConflict(t *testing.T) {
 	time.Sleep(time.Second)
 	_, err = getCSID(ctx, ns)
 	assert.True(t, apierrors.IsNotFound(err), "ours is not created next to theirs")
-	// Events about a cluster-scoped object (the Namespace) are stored in "default".
-	eventually(t, "an Event on the namespace says why", func() bool {
-		var events corev1.EventList
-		require.NoError(t, k8s.List(ctx, &events, client.InNamespace("default")))
-		for _, e := range events.Items {
-			if e.InvolvedObject.Kind == "Namespace" && e.InvolvedObject.Name == ns && e.Reason == "Registration"+registration.ReasonConflict && e.Type == corev1.EventTypeWarning {
-				return true
-			}
-		}
-		return false
-	})
+	waitNamespaceWarning(t, ns, "Registration"+registration.ReasonConflict)
 
 	// A fallback registration (as ZTWIM's default) yields to ours: no conflict.
 	require.NoError(t, k8s.Get(ctx, client.ObjectKeyFromObject(theirs), theirs))

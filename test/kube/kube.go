@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -29,6 +28,7 @@ import (
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/server"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/tools"
 )
 
 // Root is the repository's top folder.
@@ -37,21 +37,9 @@ func Root() string {
 	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
 }
 
-// ErrNoAssets says the control plane binaries are not built.
-var ErrNoAssets = errors.New("KUBEBUILDER_ASSETS is not set: build kube-apiserver, etcd and kubectl with `test/tools/build.sh kube` (make test does) and point KUBEBUILDER_ASSETS at the folder it prints")
-
-// Assets is the folder holding kube-apiserver, etcd and kubectl.
+// Assets is the folder holding kube-apiserver, etcd and kubectl (KUBEBUILDER_ASSETS).
 func Assets() (string, error) {
-	dir := os.Getenv("KUBEBUILDER_ASSETS")
-	if dir == "" {
-		return "", ErrNoAssets
-	}
-	for _, b := range []string{"kube-apiserver", "etcd", "kubectl"} {
-		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
-			return "", fmt.Errorf("KUBEBUILDER_ASSETS=%s: %w", dir, err)
-		}
-	}
-	return dir, nil
+	return tools.Dir("KUBEBUILDER_ASSETS", "kube", "kube-apiserver", "etcd", "kubectl")
 }
 
 // SCMCRDDir is spire-controller-manager's CRD folder in the module cache.

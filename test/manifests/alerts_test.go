@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/tools"
 )
 
 // TestAlerts runs Prometheus' own rule unit tests (promtool test rules, promtool built from the Go
@@ -19,13 +20,7 @@ import (
 // with testdata/alerts.test.yaml: every alert fires on the series that should fire it and stays
 // quiet otherwise.
 func TestAlerts(t *testing.T) {
-	dir := os.Getenv("PROMTOOL_ASSETS")
-	if dir == "" {
-		if os.Getenv("SMI_REQUIRE_PROMTOOL") != "" {
-			t.Fatal("PROMTOOL_ASSETS is not set: build promtool with `test/tools/build.sh promtool`")
-		}
-		t.Skip("PROMTOOL_ASSETS is not set: build promtool with `test/tools/build.sh promtool` (make test does)")
-	}
+	dir := tools.Require(t, "SMI_REQUIRE_PROMTOOL", "PROMTOOL_ASSETS", "promtool", "promtool")
 	y, err := os.ReadFile(filepath.Join(kube.Root(), "kustomize", "components", "monitoring", "prometheusrule.yaml"))
 	require.NoError(t, err)
 	var rule monitoringv1.PrometheusRule

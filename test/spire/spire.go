@@ -5,10 +5,11 @@
 package spire
 
 import (
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/tools"
+
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -20,21 +21,9 @@ import (
 	"time"
 )
 
-// ErrNoAssets says the SPIRE binaries are not built.
-var ErrNoAssets = errors.New("SPIRE_ASSETS is not set: build spire-server, spire-agent and spiffe-csi-driver with `test/tools/build.sh spire` (make test does) and point SPIRE_ASSETS at the folder it prints")
-
-// Assets is the folder holding spire-server, spire-agent and spiffe-csi-driver.
+// Assets is the folder holding spire-server, spire-agent and spiffe-csi-driver (SPIRE_ASSETS).
 func Assets() (string, error) {
-	dir := os.Getenv("SPIRE_ASSETS")
-	if dir == "" {
-		return "", ErrNoAssets
-	}
-	for _, b := range []string{"spire-server", "spire-agent", "spiffe-csi-driver"} {
-		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
-			return "", fmt.Errorf("SPIRE_ASSETS=%s: %w", dir, err)
-		}
-	}
-	return dir, nil
+	return tools.Dir("SPIRE_ASSETS", "spire", "spire-server", "spire-agent", "spiffe-csi-driver")
 }
 
 // SocketFileName is the agent's Workload API socket file, as ZTWIM names it.

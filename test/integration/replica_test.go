@@ -1,0 +1,69 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/server"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/certs"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
+)
+
+// replica is another replica of the real server, with a serving certificate of its own CA (so a
+// test can rotate it), registered — with failurePolicy Fail, so any webhook failure is a failed
+// pod creation — for the namespaces labelled <label>=true.
+type replica struct {
+	port    int
+	certDir string
+	ca      *certs.CA
+	label   string
+}
+
+// startReplica starts the replica with restCfg, electing its leader in leaseNS, and registers it.
+func startReplica(t *testing.T, restCfg *rest.Config, leaseNS, label string) *replica {
+	t.Helper()
+	ctx := context.Background()
+	r := &replica{port: freePort(), certDir: t.TempDir(), ca: certs.NewCA(t, label+" CA"), label: label}
+	r.ca.Issue(t, r.certDir, 2)
+	require.NoError(t, createNamespace(ctx, leaseNS, nil))
+	health := freePort()
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- server.Run(sctx, testConfig, server.Options{RestConfig: restCfg, Host: "127.0.0.1", Port: r.port, CertDir: r.certDir,
+			HealthAddr: "127.0.0.1:" + strconv.Itoa(health), MetricsAddr: "0", LeaderElection: true, LeaderElectionNamespace: leaseNS,
+			Log: zap.New(zap.WriteTo(io.Discard))})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	require.NoError(t, kube.WaitReady(ctx, getStatus("http://127.0.0.1:"+strconv.Itoa(health)+"/readyz")))
+
+	mwc, err := kube.WebhookConfiguration(fmt.Sprintf("https://127.0.0.1:%d", r.port), r.ca.PEM)
+	require.NoError(t, err)
+	mwc.Name = "spire-mesh-injector-" + label
+	fail := admissionregistrationv1.Fail
+	mwc.Webhooks[0].FailurePolicy = &fail
+	mwc.Webhooks[0].NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{label: "true"}}
+	require.NoError(t, k8s.Create(ctx, mwc))
+	t.Cleanup(func() { _ = k8s.Delete(context.Background(), mwc) })
+	return r
+}
+
+// serve labels namespace ns so that the API server sends its pods to the replica.
+func (r *replica) serve(t *testing.T, ns string) {
+	t.Helper()
+	nsObj := &corev1.Namespace{}
+	require.NoError(t, k8s.Get(context.Background(), client.ObjectKey{Name: ns}, nsObj))
+	nsObj.Labels[r.label] = "true"
+	require.NoError(t, k8s.Update(context.Background(), nsObj))
+}
