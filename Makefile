@@ -28,15 +28,19 @@ lint:
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
 
-## tools: build (or reuse) kube-apiserver, etcd and kubectl, and SPIRE; prints their folders.
+## tools: build (or reuse) kube-apiserver, etcd and kubectl, SPIRE, spire-controller-manager, promtool and
+## Istio's injector (test/istio); prints their folders.
 tools:
-	@$(TOOLS) kube && $(TOOLS) spire && $(TOOLS) scm && $(TOOLS) promtool
+	@$(TOOLS) kube && $(TOOLS) spire && $(TOOLS) scm && $(TOOLS) promtool && $(TOOLS) istio
 
 unit:
 	@kube=$$($(TOOLS) kube) && spire=$$($(TOOLS) spire) && scm=$$($(TOOLS) scm) && promtool=$$($(TOOLS) promtool) && \
+	  istio=$$($(TOOLS) istio) && \
 	  KUBEBUILDER_ASSETS=$$kube SMI_REQUIRE_ENVTEST=1 SPIRE_ASSETS=$$spire SCM_ASSETS=$$scm SMI_REQUIRE_SPIRE=1 \
-	  PROMTOOL_ASSETS=$$promtool SMI_REQUIRE_PROMTOOL=1 \
+	  PROMTOOL_ASSETS=$$promtool SMI_REQUIRE_PROMTOOL=1 ISTIO_ASSETS=$$istio SMI_REQUIRE_ISTIO=1 \
 	  $(GO) test -count=1 -timeout 20m ./...
+	@# Istio's own injector lives in its own module (it pins another controller-runtime): vet and test it too.
+	cd test/istio && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 fuzz-brief:
 	@for t in $(FUZZ_TARGETS); do \

@@ -25,6 +25,11 @@ const (
 	SkipOptOut SkipReason = "opt-out-label"
 	// SkipWindows: the SPIFFE CSI driver serves Linux nodes only.
 	SkipWindows SkipReason = "windows-pod"
+	// SkipAwaitingIstio: istio-proxy is still the placeholder a gateway's pod template carries
+	// (image "auto", no Istio status yet): Istio's injector has not run. Wiring it now would be
+	// recorded by Istio as a user override of its proxy and give a different pod than when Istio
+	// runs first; the webhook is reinvoked after Istio's injector and wires it then.
+	SkipAwaitingIstio SkipReason = "awaiting-istio-injection"
 	// SkipNotPod: the request is not a pod creation (wrong kind, resource, sub-resource or operation).
 	SkipNotPod SkipReason = "not-a-pod-create"
 )

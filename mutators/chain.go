@@ -20,6 +20,11 @@ const (
 	// IstioSocketVolume is the volume Istio's injection template creates for the Workload API
 	// socket; the webhook turns it into a SPIFFE CSI volume, keeping its name.
 	IstioSocketVolume = "workload-socket"
+	// IstioImagePlaceholder is the image a gateway's pod template gives istio-proxy for Istio's
+	// injector to replace with the real proxy image.
+	IstioImagePlaceholder = "auto"
+	// IstioStatusAnnotation is written by Istio's injector on every pod it injected.
+	IstioStatusAnnotation = "sidecar.istio.io/status"
 	// WorkloadAPIVolume is the SPIFFE CSI volume the webhook adds to pods without a proxy.
 	WorkloadAPIVolume = "spiffe-workload-api"
 	// JWTVolume is the in-memory volume the JWT helper writes tokens into.
@@ -147,7 +152,10 @@ func (c *Chain) Run(pod *corev1.Pod, req Request) (Result, error) {
 		s.extAuthz = aud
 	}
 	s.mode = annotations.ModeWorkload
-	if _, _, ok := findContainer(pod, c.cfg.Istio.ProxyContainerName); ok {
+	if proxy, _, ok := findContainer(pod, c.cfg.Istio.ProxyContainerName); ok {
+		if proxy.Image == IstioImagePlaceholder && pod.Annotations[IstioStatusAnnotation] == "" {
+			return Result{Skipped: annotations.SkipAwaitingIstio}, nil
+		}
 		s.mode = annotations.ModeMesh
 	}
 	for _, m := range c.steps {

@@ -442,6 +442,21 @@ func TestChainDecisions(t *testing.T) {
 		assert.Equal(t, annotations.SkipOptOut, res.Skipped)
 		assert.Equal(t, before, p)
 	})
+	t.Run("gateway placeholder before Istio: nothing changes until reinvoked", func(t *testing.T) {
+		p := plainPod()
+		p.Spec.Containers = []corev1.Container{{Name: "istio-proxy", Image: IstioImagePlaceholder}}
+		before := p.DeepCopy()
+		res, err := run(t, podtest.Config(t), p)
+		require.NoError(t, err)
+		assert.Equal(t, annotations.SkipAwaitingIstio, res.Skipped)
+		assert.Equal(t, before, p)
+
+		// Once Istio's injector has run (its status written), the gateway is wired.
+		p.Annotations = map[string]string{IstioStatusAnnotation: `{"containers":["istio-proxy"]}`}
+		res, err = run(t, podtest.Config(t), p)
+		require.NoError(t, err)
+		assert.Equal(t, annotations.ModeMesh, res.Mode)
+	})
 	t.Run("windows pod: only the status says why", func(t *testing.T) {
 		p := plainPod()
 		p.Spec.OS = &corev1.PodOS{Name: corev1.Windows}

@@ -210,7 +210,8 @@ func (h *Handler) Review(ctx context.Context, req *admissionv1.AdmissionRequest)
 	case res.Skipped != "":
 		h.metrics.admissions.WithLabelValues(ResultSkipped, string(res.Skipped)).Inc()
 		log.Info("skipped", "decision", ResultSkipped, "reason", res.Skipped)
-		if res.Skipped != annotations.SkipOptOut {
+		// An opted-out pod asked for it; a gateway awaiting Istio is wired on reinvocation.
+		if res.Skipped != annotations.SkipOptOut && res.Skipped != annotations.SkipAwaitingIstio {
 			h.event(req, pod, corev1.EventTypeNormal, EventSkipped, "spire-mesh-injector left the pod without SPIRE identity: "+string(res.Skipped))
 		}
 	case len(ops) == 0:

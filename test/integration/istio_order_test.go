@@ -1,12 +1,12 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -15,62 +15,59 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	admissionv1 "k8s.io/api/admission/v1"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/podtest"
-	"github.com/spire-mesh-injector/spire-mesh-injector/webhook"
+	"github.com/spire-mesh-injector/spire-mesh-injector/preview"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/istiocompat"
 )
 
-// istioStandIn serves a stand-in for Istio's sidecar injector (Istio's control plane cannot run
-// here): pods labelled standin-order get podtest.IstioStandIn, native when standin-native=true.
-// Like Istio, it leaves a pod that already has its proxy alone.
-func istioStandIn(t *testing.T) string {
+// orderLabel selects which of the two registrations of Istio's webhook handles a pod.
+const orderLabel = "istio-order"
+
+// istioWebhook starts Istio's own injection webhook (istio-injector serve from the module
+// test/istio: Istio's pkg/kube/inject with the templates its installer renders, the mesh's trust
+// domain as ours) as a process serving TLS with the control plane's webhook certificate, and
+// returns its URL.
+func istioWebhook(t *testing.T, ist istiocompat.Injector) string {
 	t.Helper()
-	cert, err := tls.LoadX509KeyPair(filepath.Join(cp.CertDir, "tls.crt"), filepath.Join(cp.CertDir, "tls.key"))
-	require.NoError(t, err)
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
-	require.NoError(t, err)
-	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		review, err := webhook.DecodeReview(body)
-		if err != nil {
-			http.Error(w, err.Error(), 400)
-			return
+	addr := "127.0.0.1:" + strconv.Itoa(freePort())
+	var logs bytes.Buffer
+	cmd := exec.Command(ist.Binary(), "serve", "--addr", addr,
+		"--cert", filepath.Join(cp.CertDir, "tls.crt"), "--key", filepath.Join(cp.CertDir, "tls.key"),
+		"--set", "meshConfig.trustDomain="+testConfig.TrustDomain)
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("istio-injector output:\n%s", logs.String())
 		}
-		resp := &admissionv1.AdmissionResponse{UID: review.Request.UID, Allowed: true}
-		pod, err := webhook.DecodePod(review.Request.Object.Raw)
-		if err == nil && pod.Annotations["sidecar.istio.io/status"] == "" {
-			mut := pod.DeepCopy()
-			podtest.IstioStandIn(mut, pod.Labels["standin-native"] == "true")
-			ops, err := webhook.Patch(pod, mut)
-			if err == nil {
-				patch, _ := webhook.EncodePatch(ops)
-				pt := admissionv1.PatchTypeJSONPatch
-				resp.Patch, resp.PatchType = patch, &pt
-			}
+	})
+	require.Eventually(t, func() bool {
+		conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: caPool()})
+		if err == nil {
+			_ = conn.Close()
 		}
-		out, _ := webhook.EncodeResponse(resp)
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(out)
-	})}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	return "https://" + ln.Addr().(*net.TCPAddr).String()
+		return err == nil
+	}, 30*time.Second, 50*time.Millisecond, "Istio's webhook listening")
+	return "https://" + addr
 }
 
-// TestSameResultWhicheverWebhookRunsFirst registers the Istio stand-in twice: as
-// istio-sidecar-injector, whose name sorts before spire-mesh-injector (the API server calls it
-// first), and as zz-istio-sidecar-injector, which sorts after (spire-mesh-injector runs first, wires
-// a plain workload, and is reinvoked after the proxy appears). The stored pods are identical.
-func TestSameResultWhicheverWebhookRunsFirst(t *testing.T) {
+// registerIstio registers Istio's webhook twice, as Istio's chart does (reinvocationPolicy Never,
+// failurePolicy Fail): as istio-sidecar-injector, whose name sorts before spire-mesh-injector, so
+// the API server calls Istio first, for pods labelled istio-order=before; and as
+// zz-istio-sidecar-injector, which sorts after ours, for istio-order=after: spire-mesh-injector
+// runs first, wires a plain workload, and is reinvoked once Istio has added its proxy.
+func registerIstio(t *testing.T, url string) {
+	t.Helper()
 	ctx := context.Background()
-	url := istioStandIn(t)
 	never := admissionregistrationv1.NeverReinvocationPolicy
 	none := admissionregistrationv1.SideEffectClassNone
 	fail := admissionregistrationv1.Fail
@@ -80,62 +77,135 @@ func TestSameResultWhicheverWebhookRunsFirst(t *testing.T) {
 			ObjectMeta: metav1.ObjectMeta{Name: name},
 			Webhooks: []admissionregistrationv1.MutatingWebhook{{
 				Name:                    order + ".sidecar-injector.istio.io",
-				AdmissionReviewVersions: []string{"v1"},
+				AdmissionReviewVersions: []string{"v1", "v1beta1"},
 				ClientConfig:            admissionregistrationv1.WebhookClientConfig{URL: &path, CABundle: cp.CA},
 				Rules: []admissionregistrationv1.RuleWithOperations{{
 					Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create},
 					Rule:       admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}},
 				}},
-				ObjectSelector:     &metav1.LabelSelector{MatchLabels: map[string]string{"standin-order": order}},
+				ObjectSelector:     &metav1.LabelSelector{MatchLabels: map[string]string{orderLabel: order}},
 				SideEffects:        &none,
 				FailurePolicy:      &fail,
-				ReinvocationPolicy: &never, // Istio's default
+				ReinvocationPolicy: &never,
 			}},
 		}
 		require.NoError(t, k8s.Create(ctx, mwc))
 		t.Cleanup(func() { _ = k8s.Delete(context.Background(), mwc) })
 	}
+}
+
+// TestIstiosRealWebhookInEitherOrder puts Istio's real injection webhook in the API server's
+// chain next to ours and creates, for every workload of the compatibility corpus, the pod its
+// controller would create, classic and native, in both orders. The stored pods are identical
+// whichever webhook runs first; and the CLI (`inject -f`, the preview) applied to what Istio's
+// webhook alone produces gives the pod the webhooks together store.
+func TestIstiosRealWebhookInEitherOrder(t *testing.T) {
+	ist := istiocompat.Require(t)
+	ctx := context.Background()
+	registerIstio(t, istioWebhook(t, ist))
+	items, err := istiocompat.Corpus("../istiocompat/testdata/corpus")
+	require.NoError(t, err)
+
 	ns := namespace(t, true, nil)
-	eventually(t, "both stand-in configurations active", func() bool {
+	eventually(t, "both registrations of Istio's webhook active", func() bool {
 		for _, order := range []string{"before", "after"} {
-			p := plainPod(ns, "probe", map[string]string{"standin-order": order})
-			if err := k8s.Create(ctx, p, client.DryRunAll); err != nil || len(p.Spec.Containers) < 2 {
+			p := plainPod(ns, "probe", map[string]string{orderLabel: order})
+			if err := k8s.Create(ctx, p, client.DryRunAll); err != nil || p.Annotations["sidecar.istio.io/status"] == "" {
 				return false
 			}
 		}
 		return true
 	})
 
-	for _, native := range []bool{false, true} {
-		t.Run(map[bool]string{false: "classic sidecar", true: "native sidecar"}[native], func(t *testing.T) {
-			stored := map[string]*corev1.Pod{}
-			calls := map[string]float64{}
-			for _, order := range []string{"before", "after"} {
-				p := plainPod(ns, fmt.Sprintf("app-%s-%t", order, native), map[string]string{"standin-order": order, "standin-native": strconv.FormatBool(native), "app": "shop"})
-				p.Annotations = map[string]string{annotations.AudienceAnnotation: "payments"}
-				p.Spec.InitContainers = []corev1.Container{{Name: "migrate", Image: "quay.io/example/migrate:1"}}
-				before := metricSum(t, "spire_mesh_injector_admissions_total", nil)
-				require.NoError(t, k8s.Create(ctx, p))
-				calls[order] = metricSum(t, "spire_mesh_injector_admissions_total", nil) - before
-				stored[order] = p
-			}
-			assert.Equal(t, 1.0, calls["before"], "Istio first: spire-mesh-injector called once")
-			assert.Equal(t, 2.0, calls["after"], "spire-mesh-injector first: called again after Istio changed the pod")
+	for _, it := range items {
+		for _, native := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/%s", it.Name, map[bool]string{false: "classic", true: "native"}[native]), func(t *testing.T) {
+				w, err := istiocompat.Decode(it.Doc)
+				require.NoError(t, err)
+				create := func(order string, optOut bool) *corev1.Pod {
+					t.Helper()
+					pod, err := w.Pod(ns)
+					require.NoError(t, err)
+					if pod.Labels == nil {
+						pod.Labels = map[string]string{}
+					}
+					if pod.Annotations == nil {
+						pod.Annotations = map[string]string{}
+					}
+					pod.Labels[orderLabel] = order
+					// Istio's per-pod choice; its default here is classic.
+					pod.Annotations["sidecar.istio.io/nativeSidecar"] = strconv.FormatBool(native)
+					if pod.Name != "" {
+						// Istio writes a named pod's name into its proxy's environment, so both
+						// orders use the same name, one after the other.
+						pod.Name += "-" + strconv.FormatBool(native)
+					}
+					var opts []client.CreateOption
+					if optOut {
+						// Istio's webhook alone: ours is not called for opted-out pods.
+						pod.Labels[annotations.InjectionLabel] = annotations.InjectionDisabled
+						opts = append(opts, client.DryRunAll)
+					}
+					require.NoError(t, k8s.Create(ctx, pod, opts...))
+					if pod.Name != "" && !optOut {
+						// No kubelet: an unscheduled pod is deleted at once.
+						require.NoError(t, k8s.Delete(ctx, pod.DeepCopy()))
+					}
+					return pod
+				}
+				stored := map[string]*corev1.Pod{}
+				for _, order := range []string{"before", "after"} {
+					stored[order] = create(order, false)
+				}
+				a, b := stored["before"], stored["after"]
+				_, meshed := a.Annotations["sidecar.istio.io/status"]
+				if meshed {
+					require.Equal(t, string(annotations.ModeMesh), a.Labels[annotations.InjectedLabel])
+					_, _, proxyInit := findProxy(a)
+					assert.Equal(t, native && !isGatewayPod(a), proxyInit, "istio-proxy placement")
+				} else {
+					require.Equal(t, string(annotations.ModeWorkload), a.Labels[annotations.InjectedLabel], "no proxy: a plain workload")
+				}
+				assert.Empty(t, cmp.Diff(comparable(a), comparable(b)), "stored pods differ between the two orders (-Istio first +ours first)")
+				for _, v := range b.Spec.Volumes {
+					if meshed {
+						assert.NotEqual(t, mutators.WorkloadAPIVolume, v.Name, "the plain wiring of the first pass is gone")
+					}
+				}
 
-			a, b := stored["before"], stored["after"]
-			assert.Equal(t, "mesh", a.Labels[annotations.InjectedLabel])
-			_, _, proxyInit := findProxy(a)
-			assert.Equal(t, native, proxyInit)
-			delete(a.Labels, "standin-order")
-			delete(b.Labels, "standin-order")
-			assert.Empty(t, cmp.Diff(a.Labels, b.Labels), "labels")
-			assert.Empty(t, cmp.Diff(a.Annotations, b.Annotations), "annotations")
-			assert.Empty(t, cmp.Diff(a.Spec, b.Spec), "spec")
-			for _, v := range b.Spec.Volumes {
-				assert.NotEqual(t, mutators.WorkloadAPIVolume, v.Name, "the plain wiring of the first pass is gone")
-			}
-		})
+				// The CLI on what Istio's webhook alone stores (the same pod, opted out of ours, not
+				// persisted) gives the pod both webhooks store.
+				alone := create("before", true)
+				require.Empty(t, alone.Labels[annotations.InjectedLabel], "our webhook must not run for an opted-out pod")
+				delete(alone.Labels, annotations.InjectionLabel)
+				alone.APIVersion, alone.Kind = "v1", "Pod" // the typed client drops them
+				in, err := yaml.Marshal(alone)
+				require.NoError(t, err)
+				var out bytes.Buffer
+				require.NoError(t, preview.Inject(bytes.NewReader(in), &out, mutators.NewChain(testConfig), preview.Options{Namespace: ns}))
+				cli := &corev1.Pod{}
+				require.NoError(t, yaml.UnmarshalStrict(out.Bytes(), cli))
+				cli.Namespace = ns
+				assert.Empty(t, cmp.Diff(comparable(a), comparable(cli)), "inject -f differs from the webhook (-webhook +CLI)")
+			})
+		}
 	}
+}
+
+// comparable is the part of a stored pod the webhooks decide: labels (without the test's order
+// label), annotations and spec; names, UIDs and timestamps are the API server's.
+func comparable(p *corev1.Pod) map[string]any {
+	labels := map[string]string{}
+	for k, v := range p.Labels {
+		if k != orderLabel {
+			labels[k] = v
+		}
+	}
+	return map[string]any{"labels": labels, "annotations": p.Annotations, "spec": p.Spec}
+}
+
+func isGatewayPod(p *corev1.Pod) bool {
+	return p.Annotations["inject.istio.io/templates"] == "gateway"
 }
 
 func findProxy(p *corev1.Pod) (*corev1.Container, int, bool) {

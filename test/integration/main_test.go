@@ -1,9 +1,10 @@
 // Package integration is the envtest suite: a real kube-apiserver and etcd (built from the Go
 // module proxy), spire-controller-manager's real CRDs, and spire-mesh-injector's real server
 // (server.Run, as `serve` runs it) registered through the MutatingWebhookConfiguration that
-// kustomize renders from kustomize/base. Stand-ins are used only for what cannot run here: Istio's
-// injector (a webhook in this process that follows Istio's template) and the kubelet and
-// scheduler (pods are only stored, never run).
+// kustomize renders from kustomize/base. Istio's injection webhook is Istio's own code
+// (istio-injector from the module test/istio, run as a process). Stand-ins are used only for what
+// cannot run here: the kubelet and scheduler (pods are only stored, never run); a few tests that
+// only need a pod shaped like Istio's output use podtest.IstioStandIn and say so.
 package integration
 
 import (

@@ -7,6 +7,8 @@
 #   test/tools/build.sh spire     # prints the folder holding spire-server, spire-agent, spiffe-csi-driver
 #   test/tools/build.sh scm       # prints the folder holding spire-controller-manager
 #   test/tools/build.sh promtool  # prints the folder holding promtool (Prometheus' rule unit tests)
+#   test/tools/build.sh istio     # prints the folder holding istio-injector (Istio's own injection, from
+#                                 # the separate module test/istio) and Istio's SPIRE sample configuration
 #
 # The cache root is $SMI_TOOLS_CACHE (default ~/.cache/spire-mesh-injector/tools).
 set -euo pipefail
@@ -136,10 +138,34 @@ build_promtool() {
   echo "$out"
 }
 
+# build_istio builds test/istio's istio-injector: Istio's own pkg/kube/inject behind a webhook server and
+# kube-inject. The folder is named by Istio's version and a hash of that module's sources, so a change to
+# them rebuilds it. Istio's SPIRE sample configuration is copied from Istio's module next to it.
+build_istio() {
+  local root; root=$(cd "$(dirname "$0")/../.." && pwd)
+  local mod="$root/test/istio"
+  local version; version=$(sed -n 's#^[[:space:]]*istio.io/istio \(v[^ ]*\).*#\1#p' "$mod/go.mod")
+  local sum; sum=$(cd "$mod" && find . -name '*.go' ! -name '*_test.go' -print0 | sort -z |
+    xargs -0 cat go.mod go.sum | sha256sum | cut -c1-12)
+  local out="$CACHE/istio-injector-${version##*-}-$sum"
+  if [[ -x $out/istio-injector && -f $out/istio-spire-config.yaml ]]; then
+    echo "$out"; return
+  fi
+  log "building istio-injector (istio.io/istio $version) into $out (about 4 minutes cold)"
+  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+  (cd "$mod" && CGO_ENABLED=0 go build -trimpath -o "$out.tmp/istio-injector" ./cmd/istio-injector)
+  local idir; idir=$(cd "$mod" && go list -m -f '{{.Dir}}' istio.io/istio)
+  cp "$idir/samples/security/spire/istio-spire-config.yaml" "$out.tmp/"
+  chmod u+w "$out.tmp/istio-spire-config.yaml"
+  rm -rf "$out" && mv "$out.tmp" "$out"
+  echo "$out"
+}
+
 case ${1:-} in
   kube) build_kube ;;
   spire) build_spire ;;
   scm) build_scm ;;
   promtool) build_promtool ;;
-  *) echo "usage: $0 kube|spire|scm|promtool" >&2; exit 2 ;;
+  istio) build_istio ;;
+  *) echo "usage: $0 kube|spire|scm|promtool|istio" >&2; exit 2 ;;
 esac
