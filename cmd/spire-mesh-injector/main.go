@@ -4,6 +4,7 @@
 //
 //	spire-mesh-injector serve   [--config FILE] [--cert-dir DIR] ...   the webhook server
 //	spire-mesh-injector inject  -f FILE|- [--config FILE] ...          offline preview
+//	spire-mesh-injector check   [-n NS] [-o json] ...                  read-only cluster diagnosis
 //	spire-mesh-injector version
 package main
 
@@ -20,6 +21,7 @@ const usage = `spire-mesh-injector wires pods to SPIRE at admission for Istio me
 Usage:
   spire-mesh-injector serve   [flags]   run the mutating admission webhook server
   spire-mesh-injector inject  -f FILE   print manifests as the webhook would mutate them (-f - reads stdin)
+  spire-mesh-injector check   [flags]   read the cluster and report why workloads would have no SPIRE identity
   spire-mesh-injector version           print the version
 
 Run 'spire-mesh-injector <command> -h' for a command's flags.
@@ -30,7 +32,8 @@ func main() {
 }
 
 // run executes one command and returns the process exit status: 0 on success, 1 on failure,
-// 2 on a usage error.
+// 2 on a usage error, 3 when check ran and found a FAIL (so that scripts can tell "the cluster has
+// a problem" from "the check could not run").
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
@@ -42,6 +45,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = runServe(args[1:], stderr)
 	case "inject":
 		err = runInject(args[1:], stdin, stdout, stderr)
+	case "check":
+		err = runCheck(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		err = runVersion(stdout)
 	case "help", "-h", "--help":
@@ -58,6 +63,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return 0
 	case errors.Is(err, errUsage):
 		return 2
+	case errors.Is(err, errCheckFailed):
+		return 3
 	default:
 		fmt.Fprintf(stderr, "spire-mesh-injector %s: %v\n", args[0], err)
 		return 1

@@ -53,6 +53,11 @@ func TestCommands(t *testing.T) {
 		{name: "no command", args: nil, code: 2, stderr: []string{"Usage:"}},
 		{name: "unknown command", args: []string{"frob"}, code: 2, stderr: []string{`unknown command "frob"`}},
 		{name: "serve with a bad config", args: []string{"serve", "--config", badConfig}, code: 1, stderr: []string{"jwtHelper.nativeSidecar"}},
+		{name: "check with an unknown output format", args: []string{"check", "-o", "yaml"}, code: 2, stderr: []string{`-o "yaml": allowed: table, json`}, noStdout: true},
+		{name: "check with a malformed --istio-config", args: []string{"check", "--istio-config", "istio"}, code: 2, stderr: []string{"--istio-config", "NAMESPACE/NAME"}, noStdout: true},
+		{name: "check without a cluster", args: []string{"check", "--kubeconfig", filepath.Join(os.TempDir(), "no-such-kubeconfig")}, code: 1, stderr: []string{"no-such-kubeconfig"}, noStdout: true},
+		{name: "check with a bad config", args: []string{"check", "--config", badConfig, "--kubeconfig", filepath.Join(os.TempDir(), "no-such-kubeconfig")}, code: 1, stderr: []string{"no-such-kubeconfig"}, noStdout: true},
+		{name: "help lists check", args: []string{"help"}, code: 0, stdout: []string{"spire-mesh-injector check   [flags]"}},
 		{name: "serve without a cluster", args: []string{"serve", "--kubeconfig", filepath.Join(os.TempDir(), "no-such-kubeconfig")}, code: 1, stderr: []string{"no-such-kubeconfig"}},
 	}
 	for _, tt := range tests {

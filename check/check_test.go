@@ -1,0 +1,474 @@
+package check
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+
+	spirev1alpha1 "github.com/spiffe/spire-controller-manager/api/v1alpha1"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
+	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
+)
+
+const testNS = "shop"
+
+func testConfig(t *testing.T, extra string) *config.Config {
+	t.Helper()
+	c, err := config.Parse([]byte("trustDomain: example.org\nclusterName: c1\n" + extra))
+	require.NoError(t, err)
+	return c
+}
+
+// wiredPod is a pod as the webhook leaves it: the injected label and the status annotation.
+func wiredPod(name string, mode annotations.Mode, owner *metav1.OwnerReference, audiences ...string) corev1.Pod {
+	p := corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: testNS,
+			Labels:      map[string]string{annotations.InjectedLabel: string(mode), "app": name},
+			Annotations: map[string]string{annotations.StatusAnnotation: annotations.Status{Mode: mode, Audiences: audiences}.Encode()}},
+		Spec: corev1.PodSpec{ServiceAccountName: "default", Containers: []corev1.Container{{Name: "app"}}},
+	}
+	if owner != nil {
+		p.OwnerReferences = []metav1.OwnerReference{*owner}
+	}
+	if mode == annotations.ModeMesh {
+		p.Spec.InitContainers = []corev1.Container{{Name: "istio-proxy", RestartPolicy: ref(corev1.ContainerRestartPolicyAlways),
+			Env: []corev1.EnvVar{{Name: "WORKLOAD_IDENTITY_SOCKET_FILE", Value: "spire-agent.sock"}}}}
+	}
+	return p
+}
+
+func rsOwner(deployment, hash string) *metav1.OwnerReference {
+	return &metav1.OwnerReference{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: deployment + "-" + hash, Controller: ref(true)}
+}
+
+// healthy is a cluster where every check passes: the reference each case below breaks once.
+func healthy(t *testing.T) (Options, *Snapshot) {
+	t.Helper()
+	cfg := testConfig(t, "")
+	nsObj := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: testNS, Labels: map[string]string{
+		annotations.InjectionLabel: annotations.InjectionEnabled, corev1.LabelMetadataName: testNS}}}
+	reg, err := registration.Build(cfg, testNS, nsObj)
+	require.NoError(t, err)
+	reg.Status.Stats = spirev1alpha1.ClusterSPIFFEIDStats{NamespacesSelected: 1, PodsSelected: 2, EntriesToSet: 2}
+	mesh := wiredPod("reviews-7d9f-abcde", annotations.ModeMesh, rsOwner("reviews", "7d9f"), "orders")
+	mesh.Labels["pod-template-hash"] = "7d9f"
+	plain := wiredPod("ratings-0", annotations.ModeWorkload, &metav1.OwnerReference{Kind: "StatefulSet", Name: "ratings", Controller: ref(true)})
+	svc := nsName("spire-mesh-injector", "spire-mesh-injector")
+	s := &Snapshot{
+		Webhook: &admissionregistrationv1.MutatingWebhookConfiguration{
+			ObjectMeta: metav1.ObjectMeta{Name: DefaultWebhookName},
+			Webhooks: []admissionregistrationv1.MutatingWebhook{{
+				Name: "pods.spire-mesh-injector.io",
+				ClientConfig: admissionregistrationv1.WebhookClientConfig{
+					Service:  &admissionregistrationv1.ServiceReference{Namespace: svc.Namespace, Name: svc.Name},
+					CABundle: []byte("-----BEGIN CERTIFICATE-----"),
+				},
+				FailurePolicy: ref(admissionregistrationv1.Ignore),
+				NamespaceSelector: &metav1.LabelSelector{
+					MatchLabels:      map[string]string{annotations.InjectionLabel: annotations.InjectionEnabled},
+					MatchExpressions: []metav1.LabelSelectorRequirement{{Key: corev1.LabelMetadataName, Operator: metav1.LabelSelectorOpNotIn, Values: []string{"kube-system", "spire-mesh-injector"}}},
+				},
+			}},
+		},
+		Services: map[types.NamespacedName]*ServiceData{svc: {
+			Service: &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: svc.Name, Namespace: svc.Namespace}},
+			Slices: []discoveryv1.EndpointSlice{{Endpoints: []discoveryv1.Endpoint{
+				{Addresses: []string{"10.0.0.1"}, Conditions: discoveryv1.EndpointConditions{Ready: ref(true)}},
+				{Addresses: []string{"10.0.0.2"}},
+			}}},
+		}},
+		SafetyNet: true,
+		CSIDriver: &storagev1.CSIDriver{ObjectMeta: metav1.ObjectMeta{Name: cfg.CSIDriver, Labels: map[string]string{CSIProfileLabel: "restricted"}},
+			Spec: storagev1.CSIDriverSpec{VolumeLifecycleModes: []storagev1.VolumeLifecycleMode{storagev1.VolumeLifecycleEphemeral}}},
+		OpenShift:     true,
+		IstioMesh:     &IstioMesh{Source: "ConfigMap istio-system/istio", TrustDomain: "example.org"},
+		SCM:           &SCMConfig{Source: "ConfigMap zero-trust-workload-identity-manager/spire-controller-manager key config.yaml", ClassName: config.DefaultClassName, TrustDomain: "example.org"},
+		ZTWIM:         &ZTWIM{Name: "cluster", TrustDomain: "example.org", ClusterName: "c1"},
+		Registrations: []spirev1alpha1.ClusterSPIFFEID{*reg},
+		Namespaces: []NamespaceData{{
+			Name: testNS, Namespace: nsObj,
+			Pods:                   []corev1.Pod{mesh, plain},
+			RequestAuthentications: []RequestAuthentication{{Namespace: testNS, Name: "orders", Rules: [][]string{{"orders"}}}},
+		}},
+	}
+	return Options{Config: cfg, ConfigSource: "file config.yaml"}, s
+}
+
+func notFound(name string) error {
+	return apierrors.NewNotFound(schema.GroupResource{Resource: "things"}, name)
+}
+
+func forbidden(name string) error {
+	return apierrors.NewForbidden(schema.GroupResource{Resource: "things"}, name, errors.New("RBAC"))
+}
+
+func findings(r *Report, id ID) []Finding {
+	var out []Finding
+	for _, f := range r.Findings {
+		if f.Check == id {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func TestHealthyClusterIsAllOK(t *testing.T) {
+	o, s := healthy(t)
+	r := Evaluate(o, s)
+	seen := map[ID]bool{}
+	for _, f := range r.Findings {
+		assert.Equal(t, OK, f.Status, "%+v", f)
+		seen[f.Check] = true
+		assert.Equal(t, Runbook(f.Check), f.Runbook)
+	}
+	for _, id := range IDs {
+		assert.True(t, seen[id], "the healthy cluster reports nothing for %s", id)
+	}
+	assert.Equal(t, OK, r.Worst())
+}
+
+func TestFindings(t *testing.T) {
+	tests := []struct {
+		name string
+		seed func(o *Options, s *Snapshot)
+		id   ID
+		want Status
+		// contains is a fragment of the what, why or fix of a finding of that status.
+		contains string
+	}{
+		{"config from defaults", func(o *Options, s *Snapshot) {
+			o.ConfigFromDefaults, o.ConfigSource = true, "reading Deployment spire-mesh-injector/spire-mesh-injector: forbidden"
+		}, CheckConfig, Warn, "forbidden"},
+
+		{"webhook configuration missing", func(o *Options, s *Snapshot) { s.Webhook, s.WebhookErr = nil, notFound("spire-mesh-injector") },
+			CheckWebhookConfiguration, Fail, "not found"},
+		{"webhook configuration unreadable", func(o *Options, s *Snapshot) { s.Webhook, s.WebhookErr = nil, forbidden("spire-mesh-injector") },
+			CheckWebhookConfiguration, Warn, "kustomize/check"},
+		{"no caBundle", func(o *Options, s *Snapshot) { s.Webhook.Webhooks[0].ClientConfig.CABundle = nil },
+			CheckWebhookConfiguration, Fail, "has no caBundle"},
+		{"namespaceSelector ignores the opt-in label", func(o *Options, s *Snapshot) {
+			s.Webhook.Webhooks[0].NamespaceSelector.MatchLabels = map[string]string{"injection": "on"}
+		}, CheckWebhookConfiguration, Fail, "does not select namespaces labelled spire-injection=enabled"},
+
+		{"webhook Service missing", func(o *Options, s *Snapshot) {
+			s.Services[nsName("spire-mesh-injector", "spire-mesh-injector")] = &ServiceData{Err: notFound("spire-mesh-injector")}
+		}, CheckWebhookEndpoints, Fail, "Service/spire-mesh-injector/spire-mesh-injector not found"},
+		{"no ready endpoints", func(o *Options, s *Snapshot) {
+			d := s.Services[nsName("spire-mesh-injector", "spire-mesh-injector")]
+			for i := range d.Slices[0].Endpoints {
+				d.Slices[0].Endpoints[i].Conditions.Ready = ref(false)
+			}
+		}, CheckWebhookEndpoints, Fail, "has no ready endpoints"},
+		{"no EndpointSlices", func(o *Options, s *Snapshot) {
+			s.Services[nsName("spire-mesh-injector", "spire-mesh-injector")].Slices = nil
+		}, CheckWebhookEndpoints, Fail, "has no ready endpoints"},
+		{"webhook at a URL", func(o *Options, s *Snapshot) {
+			s.Webhook.Webhooks[0].ClientConfig.Service = nil
+			s.Webhook.Webhooks[0].ClientConfig.URL = ref("https://127.0.0.1:9443/mutate-pods")
+		}, CheckWebhookEndpoints, OK, "called at URL https://127.0.0.1:9443/mutate-pods"},
+
+		{"fail open without the safety net", func(o *Options, s *Snapshot) { s.SafetyNet, s.SafetyNetErr = false, notFound("b") },
+			CheckWebhookFailurePolicy, Warn, "without the safety net"},
+		{"fail closed needs no safety net", func(o *Options, s *Snapshot) {
+			s.SafetyNet, s.SafetyNetErr = false, notFound("b")
+			s.Webhook.Webhooks[0].FailurePolicy = ref(admissionregistrationv1.Fail)
+		}, CheckWebhookFailurePolicy, OK, "fails closed"},
+		{"unset failurePolicy is Fail", func(o *Options, s *Snapshot) {
+			s.SafetyNet, s.SafetyNetErr = false, notFound("b")
+			s.Webhook.Webhooks[0].FailurePolicy = nil
+		}, CheckWebhookFailurePolicy, OK, "fails closed"},
+
+		{"CSI driver missing", func(o *Options, s *Snapshot) { s.CSIDriver, s.CSIDriverErr = nil, notFound("csi.spiffe.io") },
+			CheckCSIDriver, Fail, "CSIDriver/csi.spiffe.io not found"},
+		{"CSI driver without ephemeral volumes", func(o *Options, s *Snapshot) {
+			s.CSIDriver.Spec.VolumeLifecycleModes = []storagev1.VolumeLifecycleMode{storagev1.VolumeLifecyclePersistent}
+		}, CheckCSIDriver, Fail, "does not allow Ephemeral"},
+		{"CSI driver without OpenShift profile label", func(o *Options, s *Snapshot) { s.CSIDriver.Labels = nil },
+			CheckCSIDriver, Warn, "no security.openshift.io/csi-ephemeral-volume-profile label"},
+		{"CSI driver with a privileged profile", func(o *Options, s *Snapshot) { s.CSIDriver.Labels[CSIProfileLabel] = "privileged" },
+			CheckCSIDriver, Warn, "=privileged"},
+		{"profile label does not matter off OpenShift", func(o *Options, s *Snapshot) { s.CSIDriver.Labels, s.OpenShift = nil, false },
+			CheckCSIDriver, OK, "Ephemeral volumes allowed"},
+
+		{"Istio's trust domain differs", func(o *Options, s *Snapshot) { s.IstioMesh.TrustDomain = "cluster.local" },
+			CheckTrustDomain, Fail, "Istio (ConfigMap istio-system/istio): cluster.local"},
+		{"Istio's unset trust domain is cluster.local", func(o *Options, s *Snapshot) { s.IstioMesh.TrustDomain = "" },
+			CheckTrustDomain, Fail, "Istio (ConfigMap istio-system/istio): cluster.local"},
+		{"ZTWIM's trust domain differs", func(o *Options, s *Snapshot) { s.ZTWIM.TrustDomain = "apps.example.com" },
+			CheckTrustDomain, Fail, "ZTWIM (ZeroTrustWorkloadIdentityManager/cluster): apps.example.com"},
+		{"SCM's trust domain differs", func(o *Options, s *Snapshot) { s.SCM.TrustDomain = "other.example" },
+			CheckTrustDomain, Fail, "other.example"},
+		{"only our trust domain known", func(o *Options, s *Snapshot) {
+			s.IstioMesh, s.IstioMeshErr = nil, notFound("istio")
+			s.ZTWIM, s.ZTWIMErr = nil, fmt.Errorf("%w: no kind", errNotInstalled)
+			s.SCM, s.SCMErr = nil, notFound("scm")
+		}, CheckTrustDomain, OK, "ZTWIM not installed"},
+		{"Istio's mesh config unreadable", func(o *Options, s *Snapshot) { s.IstioMesh, s.IstioMeshErr = nil, forbidden("istio") },
+			CheckTrustDomain, Warn, "could not read ConfigMap/istio-system/istio"},
+
+		{"ZTWIM with another socket file", func(o *Options, s *Snapshot) { o.Config = testConfig(t, "socketFileName: socket\n") },
+			CheckSocketFile, Fail, "ZTWIM's agent publishes spire-agent.sock"},
+		{"mesh-wide socket file differs", func(o *Options, s *Snapshot) { s.IstioMesh.SocketFile = "agent.sock" },
+			CheckSocketFile, Warn, "look for socket file agent.sock"},
+		{"wired proxy told another socket file", func(o *Options, s *Snapshot) {
+			s.Namespaces[0].Pods[0].Spec.InitContainers[0].Env[0].Value = "socket"
+		}, CheckSocketFile, Fail, "kubectl -n shop rollout restart deployment/reviews"},
+		{"wired proxy without the env var looks for Istio's default", func(o *Options, s *Snapshot) {
+			s.Namespaces[0].Pods[0].Spec.InitContainers[0].Env = nil
+		}, CheckSocketFile, Fail, "looks for socket file socket"},
+
+		{"SCM reconciles another class", func(o *Options, s *Snapshot) { s.SCM.ClassName = "spire-mesh" },
+			CheckClassName, Fail, `registration.className: "spire-mesh"`},
+		{"SCM without className watches every class", func(o *Options, s *Snapshot) { s.SCM.ClassName = "" },
+			CheckClassName, OK, "is reconciled"},
+		{"class-less registrations with watchClassless", func(o *Options, s *Snapshot) {
+			o.Config = testConfig(t, "registration:\n  className: \"\"\n")
+			s.SCM.ClassName, s.SCM.WatchClassless = "spire", true
+		}, CheckClassName, OK, "class-less objects"},
+		{"SCM config invisible, ZTWIM present", func(o *Options, s *Snapshot) {
+			s.SCM, s.SCMErr = nil, notFound("scm")
+			o.Config = testConfig(t, "registration:\n  className: spire\n")
+		}, CheckClassName, Fail, "zero-trust-workload-identity-manager-spire"},
+		{"SCM config invisible, no ZTWIM", func(o *Options, s *Snapshot) {
+			s.SCM, s.SCMErr = nil, notFound("zero-trust-workload-identity-manager/spire-controller-manager")
+			s.ZTWIM, s.ZTWIMErr = nil, fmt.Errorf("%w: no kind", errNotInstalled)
+		}, CheckClassName, Warn, "--scm-config"},
+
+		{"namespace not opted in", func(o *Options, s *Snapshot) {
+			delete(s.Namespaces[0].Namespace.Labels, annotations.InjectionLabel)
+			s.Namespaces[0].Requested = true
+		}, CheckNamespaceSelector, Fail, "kubectl label namespace shop spire-injection=enabled"},
+		{"opted-in namespace excluded by the selector", func(o *Options, s *Snapshot) {
+			sel := &s.Webhook.Webhooks[0].NamespaceSelector.MatchExpressions[0]
+			sel.Values = append(sel.Values, testNS)
+		}, CheckNamespaceSelector, Fail, "does not select namespace shop"},
+		{"namespace does not exist", func(o *Options, s *Snapshot) { s.Namespaces[0].Namespace = nil },
+			CheckNamespaceSelector, Fail, "namespace shop not found"},
+
+		{"registration missing with wired pods", func(o *Options, s *Snapshot) { s.Registrations = nil },
+			CheckRegistration, Fail, "2 wired pod(s) wait for it"},
+		{"registration missing without wired pods", func(o *Options, s *Snapshot) { s.Registrations, s.Namespaces[0].Pods = nil, nil },
+			CheckRegistration, OK, "no wired pod"},
+		{"registration rejected by SCM's parser", func(o *Options, s *Snapshot) {
+			s.Registrations[0].Spec.SPIFFEIDTemplate = "spiffe://{{ .Nope"
+		}, CheckRegistration, Fail, "rejected by spire-controller-manager's parser"},
+		{"registration drifted", func(o *Options, s *Snapshot) { s.Registrations[0].Spec.JWTTTL = metav1.Duration{} },
+			CheckRegistration, Warn, "differs from what the configuration gives in jwtTtl"},
+		{"registration not ours", func(o *Options, s *Snapshot) { s.Registrations[0].Labels = nil },
+			CheckRegistration, Warn, "not labelled app.kubernetes.io/managed-by=spire-mesh-injector"},
+		{"ClusterSPIFFEID CRD missing", func(o *Options, s *Snapshot) {
+			s.Registrations, s.RegistrationsErr = nil, fmt.Errorf("%w: no kind", errNotInstalled)
+		}, CheckRegistration, Fail, "CRD (spire.spiffe.io/v1alpha1) is not installed"},
+		{"bad federation annotation", func(o *Options, s *Snapshot) {
+			s.Namespaces[0].Namespace.Annotations = map[string]string{annotations.FederatesWithAnnotation: "spiffe://x"}
+		}, CheckRegistration, Fail, annotations.FederatesWithAnnotation},
+
+		{"registration of an ignored class", func(o *Options, s *Snapshot) { s.Registrations[0].Spec.ClassName = "spire" },
+			CheckRegistrationClass, Fail, `has className "spire"`},
+
+		{"no status while pods are wired", func(o *Options, s *Snapshot) { s.Registrations[0].Status = spirev1alpha1.ClusterSPIFFEIDStatus{} },
+			CheckRegistrationStatus, Fail, "no status from spire-controller-manager"},
+		{"entry failures", func(o *Options, s *Snapshot) { s.Registrations[0].Status.Stats.EntryFailures = 2 },
+			CheckRegistrationStatus, Fail, "entryFailures 2"},
+		{"render failures", func(o *Options, s *Snapshot) { s.Registrations[0].Status.Stats.PodEntryRenderFailures = 1 },
+			CheckRegistrationStatus, Fail, "podEntryRenderFailures 1"},
+		{"namespace ignored by SCM", func(o *Options, s *Snapshot) { s.Registrations[0].Status.Stats.NamespacesIgnored = 1 },
+			CheckRegistrationStatus, Fail, "ignoreNamespaces"},
+		{"fewer pods selected than wired", func(o *Options, s *Snapshot) { s.Registrations[0].Status.Stats.PodsSelected = 1 },
+			CheckRegistrationStatus, Warn, "selected 1 of 2 wired pods"},
+		{"masked entries", func(o *Options, s *Snapshot) { s.Registrations[0].Status.Stats.EntriesMasked = 1 },
+			CheckRegistrationStatus, Warn, "entriesMasked 1"},
+
+		{"a competing registration", func(o *Options, s *Snapshot) {
+			s.Registrations = append(s.Registrations, other("legacy", false, config.DefaultClassName))
+		},
+			CheckOverlap, Fail, "ClusterSPIFFEID legacy"},
+		{"a fallback registration yields", func(o *Options, s *Snapshot) {
+			s.Registrations = append(s.Registrations, other("ztwim-default", true, config.DefaultClassName))
+		},
+			CheckOverlap, OK, "no other"},
+		{"another class does not compete", func(o *Options, s *Snapshot) {
+			s.Registrations = append(s.Registrations, other("legacy", false, "other-class"))
+		},
+			CheckOverlap, OK, "no other"},
+		{"the same identity does not compete", func(o *Options, s *Snapshot) {
+			same := other("same", false, config.DefaultClassName)
+			same.Spec.SPIFFEIDTemplate = config.DefaultSPIFFEIDTemplate
+			s.Registrations = append(s.Registrations, same)
+		}, CheckOverlap, OK, "no other"},
+
+		{"pod created before opt-in", func(o *Options, s *Snapshot) {
+			p := wiredPod("details-5c8-xyz", annotations.ModeWorkload, rsOwner("details", "5c8"))
+			p.Labels["pod-template-hash"] = "5c8"
+			delete(p.Annotations, annotations.StatusAnnotation)
+			s.Namespaces[0].Pods = append(s.Namespaces[0].Pods, p)
+		}, CheckPodsNotWired, Fail, "kubectl -n shop rollout restart deployment/details"},
+		{"bare pod not wired", func(o *Options, s *Snapshot) {
+			p := wiredPod("debug", annotations.ModeWorkload, nil)
+			delete(p.Annotations, annotations.StatusAnnotation)
+			s.Namespaces[0].Pods = append(s.Namespaces[0].Pods, p)
+		}, CheckPodsNotWired, Fail, "delete pod debug and create it again"},
+		{"DeploymentConfig pod not wired", func(o *Options, s *Snapshot) {
+			p := wiredPod("legacy-1-abc", annotations.ModeWorkload, &metav1.OwnerReference{Kind: "ReplicationController", Name: "legacy-1", Controller: ref(true)})
+			p.Labels["deploymentconfig"] = "legacy"
+			delete(p.Annotations, annotations.StatusAnnotation)
+			s.Namespaces[0].Pods = append(s.Namespaces[0].Pods, p)
+		}, CheckPodsNotWired, Fail, "oc -n shop rollout latest dc/legacy"},
+		{"Windows pod skipped", func(o *Options, s *Snapshot) {
+			p := wiredPod("win", annotations.ModeWorkload, nil)
+			p.Annotations[annotations.StatusAnnotation] = annotations.Status{Skipped: annotations.SkipWindows}.Encode()
+			s.Namespaces[0].Pods = append(s.Namespaces[0].Pods, p)
+		}, CheckPodsNotWired, Warn, "skipped by the webhook (windows-pod)"},
+		{"forged status", func(o *Options, s *Snapshot) {
+			p := wiredPod("odd", annotations.ModeWorkload, nil)
+			p.Annotations[annotations.StatusAnnotation] = "{"
+			s.Namespaces[0].Pods = append(s.Namespaces[0].Pods, p)
+		}, CheckPodsNotWired, Warn, "unreadable"},
+		{"opted-out and finished pods are fine", func(o *Options, s *Snapshot) {
+			out := wiredPod("out", annotations.ModeWorkload, nil)
+			out.Labels[annotations.InjectionLabel] = annotations.InjectionDisabled
+			delete(out.Annotations, annotations.StatusAnnotation)
+			done := wiredPod("done", annotations.ModeWorkload, nil)
+			delete(done.Annotations, annotations.StatusAnnotation)
+			done.Status.Phase = corev1.PodSucceeded
+			s.Namespaces[0].Pods = append(s.Namespaces[0].Pods, out, done)
+		}, CheckPodsNotWired, OK, "all 2 running pod(s) wired (1 opted out"},
+
+		{"audience no RequestAuthentication accepts", func(o *Options, s *Snapshot) {
+			s.Namespaces[0].RequestAuthentications[0].Rules = [][]string{{"payments"}}
+		}, CheckJWTAudience, Warn, `audience "orders"`},
+		{"RequestAuthentication accepting any audience", func(o *Options, s *Snapshot) {
+			s.Namespaces[0].RequestAuthentications[0].Rules = [][]string{{}}
+		}, CheckJWTAudience, OK, "accepts any audience"},
+		{"Istio's CRDs not installed", func(o *Options, s *Snapshot) {
+			s.Namespaces[0].RequestAuthentications, s.Namespaces[0].RequestAuthErr = nil, fmt.Errorf("%w: no kind", errNotInstalled)
+		}, CheckJWTAudience, OK, "CRD is not installed"},
+		{"no RequestAuthentication here", func(o *Options, s *Snapshot) { s.Namespaces[0].RequestAuthentications = nil },
+			CheckJWTAudience, OK, "for services elsewhere"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, s := healthy(t)
+			tt.seed(&o, s)
+			r := Evaluate(o, s)
+			var got []string
+			found := false
+			for _, f := range findings(r, tt.id) {
+				got = append(got, fmt.Sprintf("%s: %s | %s | %s", f.Status, f.What, f.Why, f.Fix))
+				if f.Status == tt.want && strings.Contains(f.What+" "+f.Why+" "+f.Fix, tt.contains) {
+					found = true
+				}
+			}
+			assert.True(t, found, "no %s %s finding mentioning %q; got:\n%s", tt.want, tt.id, tt.contains, strings.Join(got, "\n"))
+			if tt.want == OK {
+				return
+			}
+			// Breaking one thing must not make unrelated checks fail, except where the same cause
+			// is seen from two sides.
+			related := map[ID][]ID{
+				CheckWebhookConfiguration: {CheckNamespaceSelector},
+				CheckRegistration:         {CheckRegistrationClass, CheckRegistrationStatus},
+				CheckClassName:            {CheckRegistrationClass, CheckRegistration},
+				CheckRegistrationClass:    {CheckClassName, CheckRegistration},
+				CheckPodsNotWired:         {CheckRegistrationStatus},
+				CheckSocketFile:           {},
+			}
+			for _, f := range r.Findings {
+				if f.Check != tt.id && f.Status != OK {
+					assert.Contains(t, related[tt.id], f.Check, "unrelated finding: %+v", f)
+				}
+			}
+		})
+	}
+}
+
+// other is a ClusterSPIFFEID not managed by the webhook that selects every pod of testNS.
+func other(name string, fallback bool, class string) spirev1alpha1.ClusterSPIFFEID {
+	return spirev1alpha1.ClusterSPIFFEID{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: spirev1alpha1.ClusterSPIFFEIDSpec{
+			SPIFFEIDTemplate:  "spiffe://{{ .TrustDomain }}/legacy/{{ .PodMeta.Name }}",
+			ClassName:         class,
+			Fallback:          fallback,
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{corev1.LabelMetadataName: testNS}},
+		},
+	}
+}
+
+func TestOutput(t *testing.T) {
+	o, s := healthy(t)
+	s.CSIDriver, s.CSIDriverErr = nil, notFound("csi.spiffe.io")
+	r := Evaluate(o, s)
+	assert.Equal(t, Fail, r.Worst())
+	assert.Equal(t, 1, r.Count(Fail))
+
+	var table bytes.Buffer
+	require.NoError(t, WriteTable(&table, r))
+	lines := strings.Split(table.String(), "\n")
+	assert.Regexp(t, `^STATUS\s+CHECK\s+NAMESPACE\s+WHAT\s+WHY\s+FIX$`, lines[0])
+	assert.Len(t, regexp.MustCompile(`(?m)^FAIL\s+csi-driver\s+-\s+CSIDriver/csi.spiffe.io not found`).FindAllString(table.String(), -1), 1)
+	assert.Contains(t, table.String(), fmt.Sprintf("%d OK, 0 WARN, 1 FAIL (configuration: file config.yaml)", len(r.Findings)-1))
+	assert.Regexp(t, `(?m)^Runbooks:\n\s+csi-driver\s+`+regexp.QuoteMeta(RunbookBase+"#csi-driver-missing")+`\n$`, table.String(), "only checks that did not pass get a runbook line")
+	for _, l := range lines[1 : len(r.Findings)+1] {
+		assert.Regexp(t, `^(OK|WARN|FAIL) `, l, "one line per finding")
+	}
+
+	var js bytes.Buffer
+	require.NoError(t, WriteJSON(&js, r))
+	var back Report
+	require.NoError(t, json.Unmarshal(js.Bytes(), &back))
+	assert.Equal(t, *r, back)
+}
+
+// TestRunbooksExist keeps every finding's runbook link pointing at a heading of docs/runbooks.md,
+// and docs/check.md describing every check.
+func TestRunbooksExist(t *testing.T) {
+	runbookMD, err := os.ReadFile("../docs/runbooks.md")
+	require.NoError(t, err)
+	anchors := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^#+ (.+)$`).FindAllStringSubmatch(string(runbookMD), -1) {
+		anchors[githubAnchor(m[1])] = true
+	}
+	checkMD, err := os.ReadFile("../docs/check.md")
+	require.NoError(t, err)
+	for _, id := range IDs {
+		assert.True(t, anchors[runbooks[id]], "check %s links to docs/runbooks.md#%s, which has no such heading", id, runbooks[id])
+		assert.Contains(t, string(checkMD), "`"+string(id)+"`", "docs/check.md does not describe check %s", id)
+	}
+	assert.Len(t, runbooks, len(IDs))
+	assert.Contains(t, string(runbookMD), "spire-mesh-injector check", "the runbooks reference the check command")
+}
+
+// githubAnchor is how GitHub turns a heading into an anchor: lower case, punctuation other than
+// '-' and '_' dropped, spaces become '-'.
+func githubAnchor(heading string) string {
+	var b strings.Builder
+	for _, r := range strings.ToLower(strings.TrimSpace(heading)) {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '-', r == '_':
+			b.WriteRune(r)
+		case r == ' ':
+			b.WriteRune('-')
+		}
+	}
+	return b.String()
+}
+
+func ref[T any](v T) *T { return &v }
