@@ -139,11 +139,47 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // Handle decodes one AdmissionReview body, reviews its request and returns the encoded response
 // review. An error means the body is not an admission.k8s.io/v1 AdmissionReview with a request.
 func (h *Handler) Handle(ctx context.Context, body []byte) ([]byte, error) {
+	// A pod creation, as the API server sends it, is decoded in one pass with the pod decoded in
+	// place: decoding the review with the object kept raw and then the raw pod scans the pod's bytes
+	// four times (validate and skip within the review, validate and decode on their own), which was
+	// a third of the handler's cost. Anything else takes the general path, whose answers name exactly
+	// what is wrong.
+	var fast podReview
+	if unmarshal(body, &fast) == nil && fast.ok() {
+		req := &fast.Request.AdmissionRequest
+		return EncodeResponse(h.decide(ctx, h.log.WithValues("uid", req.UID, "namespace", req.Namespace), req, fast.Request.Object))
+	}
 	review, err := DecodeReview(body)
 	if err != nil {
 		return nil, err
 	}
 	return EncodeResponse(h.Review(ctx, review.Request))
+}
+
+// podReview is an admission.k8s.io/v1 AdmissionReview whose request object is decoded straight
+// into a Pod.
+type podReview struct {
+	metav1.TypeMeta `json:",inline"`
+	Request         *podRequest `json:"request,omitempty"`
+}
+
+// podRequest is an AdmissionRequest whose object is a Pod: the shallower Object field hides the
+// embedded request's raw one.
+type podRequest struct {
+	admissionv1.AdmissionRequest
+	Object *corev1.Pod `json:"object"`
+}
+
+// ok says the review is one the general path would decide by decoding the pod: a v1 review of a
+// pod creation with a request UID and a pod.
+func (r *podReview) ok() bool {
+	gvk := r.GroupVersionKind()
+	return gvk.GroupVersion() == reviewGV && gvk.Kind == "AdmissionReview" && r.Request != nil &&
+		r.Request.UID != "" && r.Request.Object != nil && isPodCreate(&r.Request.AdmissionRequest)
+}
+
+func isPodCreate(req *admissionv1.AdmissionRequest) bool {
+	return req.Kind == podKind && req.Resource == podResource && req.SubResource == "" && req.Operation == admissionv1.Create
 }
 
 // DecodeReview decodes an admission.k8s.io/v1 AdmissionReview with the API machinery's JSON rules
@@ -185,7 +221,7 @@ func EncodeResponse(resp *admissionv1.AdmissionResponse) ([]byte, error) {
 // Review decides one admission request.
 func (h *Handler) Review(ctx context.Context, req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
 	log := h.log.WithValues("uid", req.UID, "namespace", req.Namespace)
-	if req.Kind != podKind || req.Resource != podResource || req.SubResource != "" || req.Operation != admissionv1.Create {
+	if !isPodCreate(req) {
 		h.metrics.admissions.WithLabelValues(ResultSkipped, string(annotations.SkipNotPod)).Inc()
 		log.Info("skipped", "name", podName(req), "decision", ResultSkipped, "reason", annotations.SkipNotPod,
 			"kind", req.Kind.String(), "resource", req.Resource.String(), "subResource", req.SubResource, "operation", req.Operation)
@@ -198,6 +234,11 @@ func (h *Handler) Review(ctx context.Context, req *admissionv1.AdmissionRequest)
 	if err != nil {
 		return h.deny(log.WithValues("pod", podName(req)), req, nil, "request.object: not a valid Pod: "+err.Error())
 	}
+	return h.decide(ctx, log, req, pod)
+}
+
+// decide wires pod, a pod being created, and answers its request.
+func (h *Handler) decide(ctx context.Context, log logr.Logger, req *admissionv1.AdmissionRequest, pod *corev1.Pod) *admissionv1.AdmissionResponse {
 	log = log.WithValues("pod", podNameOf(pod))
 
 	mut, ops, res, err := h.mutate(pod, req.Namespace)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -405,4 +406,43 @@ func TestEventsGoToTheController(t *testing.T) {
 	assert.Equal(t, capturedEvent{"Namespace", "win", "Normal", EventSkipped, "spire-mesh-injector left the pod without SPIRE identity: windows-pod"}, rec.events[2])
 	assert.Equal(t, EventFailed, rec.events[3].reason)
 	assert.Contains(t, rec.events[3].message, "boom")
+}
+
+// TestOnePassDecodingAnswersAsTheGeneralPath: Handle decodes a pod creation in one pass; its
+// answer must be the general path's (review decoded with the object raw, then the pod) for every
+// golden pod, and for requests the one-pass decoding hands over to the general path. Patches are
+// compared by what they make of the pod (the order of operations is not defined).
+func TestOnePassDecodingAnswersAsTheGeneralPath(t *testing.T) {
+	h, _ := newHandler(t, podtest.Config(t))
+	files, err := filepath.Glob(fixtures + "*.yaml")
+	require.NoError(t, err)
+	var reqs []*admissionv1.AdmissionRequest
+	for _, f := range files {
+		if strings.HasSuffix(f, ".golden.yaml") {
+			continue
+		}
+		js, _ := podtest.Load(t, f)
+		reqs = append(reqs, podtest.Request("shop", js))
+	}
+	require.Greater(t, len(reqs), 10)
+	// Not for the one-pass path: an update, a null object, an object that is not a pod.
+	update := podtest.Request("shop", podJSON(t, "plain-workload"))
+	update.Operation = admissionv1.Update
+	reqs = append(reqs, update, podtest.Request("shop", []byte("null")), podtest.Request("shop", []byte(`{"spec":{"containers":"app"}}`)))
+	for i, req := range reqs {
+		body := podtest.ReviewBody(t, req)
+		fast := review(t, h, body)
+		rv, err := DecodeReview(body)
+		require.NoError(t, err)
+		general := h.Review(context.Background(), rv.Request)
+		if len(general.Patch) > 0 {
+			require.NotEmpty(t, fast.Patch, "request %d", i)
+			var a, b []jsonPatchOp
+			require.NoError(t, json.Unmarshal(general.Patch, &a))
+			require.NoError(t, json.Unmarshal(fast.Patch, &b))
+			assert.JSONEq(t, string(podtest.Apply(t, req.Object.Raw, a)), string(podtest.Apply(t, req.Object.Raw, b)), "request %d", i)
+		}
+		general.Patch, fast.Patch = nil, nil
+		assert.Equal(t, general, fast, "request %d", i)
+	}
 }

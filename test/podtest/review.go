@@ -2,7 +2,6 @@ package podtest
 
 import (
 	"encoding/json"
-	"fmt"
 	"testing"
 
 	admissionv1 "k8s.io/api/admission/v1"
@@ -11,6 +10,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/benchpod"
 )
 
 // Request returns the AdmissionRequest the API server sends for creating podJSON in namespace.
@@ -46,35 +47,12 @@ func ReviewBody(t testing.TB, req *admissionv1.AdmissionRequest) []byte {
 	return b
 }
 
-// Enlarge adds app containers, each with environment variables and mounts of its own, until the
-// pod's JSON is at least size bytes: a large but realistic pod (big pods are many containers with
-// long environments, not one huge field).
+// Enlarge is benchpod.Enlarge for a test.
 func Enlarge(t testing.TB, pod *corev1.Pod, size int) *corev1.Pod {
 	t.Helper()
-	pod = pod.DeepCopy()
-	for i := 0; ; i++ {
-		b, err := json.Marshal(pod)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(b) >= size {
-			return pod
-		}
-		c := corev1.Container{
-			Name:  fmt.Sprintf("worker-%d", i),
-			Image: fmt.Sprintf("quay.io/example/worker-%d:1.%d.0", i, i),
-			Args:  []string{"--queue", fmt.Sprintf("jobs-%d", i), "--concurrency", "4"},
-			Ports: []corev1.ContainerPort{{Name: fmt.Sprintf("metrics-%d", i), ContainerPort: int32(9100 + i), Protocol: corev1.ProtocolTCP}},
-			VolumeMounts: []corev1.VolumeMount{
-				{Name: "kube-api-access-x7k2p", MountPath: "/var/run/secrets/kubernetes.io/serviceaccount", ReadOnly: true},
-			},
-			TerminationMessagePath:   corev1.TerminationMessagePathDefault,
-			TerminationMessagePolicy: corev1.TerminationMessageReadFile,
-			ImagePullPolicy:          corev1.PullIfNotPresent,
-		}
-		for j := 0; j < 24; j++ {
-			c.Env = append(c.Env, corev1.EnvVar{Name: fmt.Sprintf("WORKER_%d_SETTING_%d", i, j), Value: fmt.Sprintf("value-%d-%d-with-some-length", i, j)})
-		}
-		pod.Spec.Containers = append(pod.Spec.Containers, c)
+	p, err := benchpod.Enlarge(pod, size)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return p
 }
