@@ -1,7 +1,9 @@
 package mutators
 
 import (
+	"encoding/json"
 	"strconv"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -56,6 +58,11 @@ func (jwtHelper) mutate(pod *corev1.Pod, s *state) error {
 	native := cfg.JWTHelper.NativeSidecar == config.NativeAlways ||
 		(cfg.JWTHelper.NativeSidecar == config.NativeAuto && hasNativeSidecar(pod))
 	helper := helperContainer(cfg, s.audiences, s.extAuthz, socketVolume, native)
+	if s.mode == annotations.ModeMesh {
+		if err := probeThroughPilotAgent(pod, cfg, &helper); err != nil {
+			return err
+		}
+	}
 
 	helperAt := -1
 	if native {
@@ -98,6 +105,76 @@ func (jwtHelper) mutate(pod *corev1.Pod, s *state) error {
 		if err := mount(&pod.Spec.Containers[i], false); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// Istio's probe rewriting: pilot-agent serves each rewritten probe at
+// /app-health/<container>/<kind> on its status port and forwards it to the container, as listed
+// in istio-proxy's ISTIO_KUBE_APP_PROBERS.
+const (
+	istioRewriteAnnotation = "sidecar.istio.io/rewriteAppHTTPProbers"
+	istioAppHealthPrefix   = "/app-health/"
+	istioStatusPort        = 15020
+)
+
+// probeThroughPilotAgent routes the helper's probes through pilot-agent, as Istio's injector does
+// for the app containers it finds. In a meshed pod the kubelet's plain-HTTP probe of the helper's
+// port would reach Envoy's inbound listener, which refuses it under STRICT mutual TLS: the helper
+// would never be ready. Istio does not do it for the helper itself, because the helper is added
+// after Istio's injector ran (or taken back and added again when we are reinvoked after it).
+// Nothing is done where the pod turns Istio's rewriting off.
+func probeThroughPilotAgent(pod *corev1.Pod, cfg *config.Config, helper *corev1.Container) error {
+	if pod.Annotations[istioRewriteAnnotation] == "false" {
+		return nil
+	}
+	proxy, _, ok := findContainer(pod, cfg.Istio.ProxyContainerName)
+	if !ok {
+		return nil
+	}
+	port := int32(istioStatusPort)
+	// Istio rewrote the app's probes to the mesh's status port, if it is not the default.
+	for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		for i := range cs {
+			for _, p := range []*corev1.Probe{cs[i].ReadinessProbe, cs[i].LivenessProbe, cs[i].StartupProbe} {
+				if p != nil && p.HTTPGet != nil && strings.HasPrefix(p.HTTPGet.Path, istioAppHealthPrefix) && p.HTTPGet.Port.IntVal != 0 {
+					port = p.HTTPGet.Port.IntVal
+				}
+			}
+		}
+	}
+	probers := map[string]json.RawMessage{}
+	i := envIndex(proxy, envIstioAppProbers)
+	if i >= 0 && proxy.Env[i].Value != "" {
+		if err := json.Unmarshal([]byte(proxy.Env[i].Value), &probers); err != nil {
+			return invalidf("%s.env[%s]: not the JSON object Istio's injector writes: %v; allowed: Istio's own value",
+				containerField(false, proxy.Name), envIstioAppProbers, err)
+		}
+	}
+	for kind, p := range map[string]*corev1.Probe{"readyz": helper.ReadinessProbe, "livez": helper.LivenessProbe, "startupz": helper.StartupProbe} {
+		if p == nil || p.HTTPGet == nil {
+			continue
+		}
+		path := istioAppHealthPrefix + helper.Name + "/" + kind
+		// pilot-agent's prober format: the original HTTP action and its timeout.
+		b, err := json.Marshal(struct {
+			HTTPGet        *corev1.HTTPGetAction `json:"httpGet"`
+			TimeoutSeconds int32                 `json:"timeoutSeconds,omitempty"`
+		}{p.HTTPGet, p.TimeoutSeconds})
+		if err != nil {
+			return err
+		}
+		probers[path] = b
+		p.HTTPGet = &corev1.HTTPGetAction{Path: path, Port: intstr.FromInt32(port), Scheme: corev1.URISchemeHTTP}
+	}
+	b, err := json.Marshal(probers)
+	if err != nil {
+		return err
+	}
+	if i >= 0 {
+		proxy.Env[i] = corev1.EnvVar{Name: envIstioAppProbers, Value: string(b)}
+	} else {
+		proxy.Env = append(proxy.Env, corev1.EnvVar{Name: envIstioAppProbers, Value: string(b)})
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
@@ -296,7 +297,44 @@ func TestJWTHelper(t *testing.T) {
 				assert.Equal(t, JWTHelperContainer, h.Name)
 				assert.Equal(t, corev1.ContainerRestartPolicyAlways, *h.RestartPolicy)
 				require.NotNil(t, h.StartupProbe)
-				assert.Equal(t, "/ready", h.StartupProbe.HTTPGet.Path)
+				// Through pilot-agent, which forwards it to the helper's /ready.
+				assert.Equal(t, "/app-health/spiffe-jwt-helper/startupz", h.StartupProbe.HTTPGet.Path)
+				assert.Equal(t, int32(15020), h.StartupProbe.HTTPGet.Port.IntVal)
+				assert.Contains(t, envValue(container(t, p, "istio-proxy"), "ISTIO_KUBE_APP_PROBERS"),
+					`"/app-health/spiffe-jwt-helper/startupz":{"httpGet":{"path":"/ready","port":15987,"scheme":"HTTP"},"timeoutSeconds":1}`)
+			},
+		},
+		{
+			name: "mesh pod: the helper's probes join the app's rewritten ones in pilot-agent",
+			pod: func() *corev1.Pod {
+				p := withAudience(meshPod(false), "a")
+				proxy := container(t, p, "istio-proxy")
+				proxy.Env = append(proxy.Env, corev1.EnvVar{Name: "ISTIO_KUBE_APP_PROBERS", Value: `{"/app-health/app/readyz":{"httpGet":{"path":"/ready","port":8080,"scheme":"HTTP"},"timeoutSeconds":1}}`})
+				app := container(t, p, "app")
+				app.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/app-health/app/readyz", Port: intstr.FromInt32(15099)}}}
+				return p
+			},
+			check: func(t *testing.T, p *corev1.Pod) {
+				h := container(t, p, JWTHelperContainer)
+				assert.Equal(t, "/app-health/spiffe-jwt-helper/readyz", h.ReadinessProbe.HTTPGet.Path)
+				assert.Equal(t, int32(15099), h.ReadinessProbe.HTTPGet.Port.IntVal, "the mesh's status port, as Istio used for the app")
+				assert.JSONEq(t, `{
+					"/app-health/app/readyz":{"httpGet":{"path":"/ready","port":8080,"scheme":"HTTP"},"timeoutSeconds":1},
+					"/app-health/spiffe-jwt-helper/readyz":{"httpGet":{"path":"/ready","port":15987,"scheme":"HTTP"},"timeoutSeconds":1},
+					"/app-health/spiffe-jwt-helper/livez":{"httpGet":{"path":"/healthz","port":15987,"scheme":"HTTP"},"timeoutSeconds":1}}`,
+					envValue(container(t, p, "istio-proxy"), "ISTIO_KUBE_APP_PROBERS"))
+			},
+		},
+		{
+			name: "rewriting turned off on the pod: the helper is probed directly",
+			pod: func() *corev1.Pod {
+				p := withAudience(meshPod(false), "a")
+				p.Annotations["sidecar.istio.io/rewriteAppHTTPProbers"] = "false"
+				return p
+			},
+			check: func(t *testing.T, p *corev1.Pod) {
+				assert.Equal(t, "/ready", container(t, p, JWTHelperContainer).ReadinessProbe.HTTPGet.Path)
+				assert.Empty(t, envValue(container(t, p, "istio-proxy"), "ISTIO_KUBE_APP_PROBERS"))
 			},
 		},
 		{
@@ -495,4 +533,13 @@ func TestChainDecisions(t *testing.T) {
 		require.NoError(t, err)
 		assert.Empty(t, res.Status.SPIFFEID)
 	})
+}
+
+func envValue(c *corev1.Container, name string) string {
+	for _, e := range c.Env {
+		if e.Name == name {
+			return e.Value
+		}
+	}
+	return ""
 }

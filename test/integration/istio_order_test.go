@@ -105,6 +105,9 @@ func TestIstiosRealWebhookInEitherOrder(t *testing.T) {
 	registerIstio(t, istioWebhook(t, ist))
 	items, err := istiocompat.Corpus("../istiocompat/testdata/corpus")
 	require.NoError(t, err)
+	// With the JWT helper too: Istio rewrites the probes of containers it finds (for pilot-agent to
+	// forward), so the helper's probes must come out the same whichever webhook runs first.
+	items = append(items, istiocompat.Item{Name: "8-jwt-audiences", Doc: []byte(jwtDeployment)})
 
 	ns := namespace(t, true, nil)
 	eventually(t, "both registrations of Istio's webhook active", func() bool {
@@ -167,6 +170,12 @@ func TestIstiosRealWebhookInEitherOrder(t *testing.T) {
 					require.Equal(t, string(annotations.ModeWorkload), a.Labels[annotations.InjectedLabel], "no proxy: a plain workload")
 				}
 				assert.Empty(t, cmp.Diff(comparable(a), comparable(b)), "stored pods differ between the two orders (-Istio first +ours first)")
+				for _, c := range append(a.Spec.InitContainers, a.Spec.Containers...) {
+					if c.Name == mutators.JWTHelperContainer {
+						// Envoy's inbound listener would refuse the kubelet's plain probe under STRICT mTLS.
+						assert.Equal(t, "/app-health/"+c.Name+"/readyz", c.ReadinessProbe.HTTPGet.Path, "the helper is probed through pilot-agent")
+					}
+				}
 				for _, v := range b.Spec.Volumes {
 					if meshed {
 						assert.NotEqual(t, mutators.WorkloadAPIVolume, v.Name, "the plain wiring of the first pass is gone")
@@ -191,6 +200,28 @@ func TestIstiosRealWebhookInEitherOrder(t *testing.T) {
 		}
 	}
 }
+
+const jwtDeployment = `
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: checkout
+spec:
+  selector:
+    matchLabels: {app: checkout}
+  template:
+    metadata:
+      labels: {app: checkout}
+      annotations:
+        spiffe.io/audience: payments,orders
+    spec:
+      serviceAccountName: checkout
+      containers:
+      - name: app
+        image: quay.io/example/checkout:1.0
+        readinessProbe:
+          httpGet: {path: /ready, port: 8080}
+`
 
 // comparable is the part of a stored pod the webhooks decide: labels (without the test's order
 // label), annotations and spec; names, UIDs and timestamps are the API server's.
