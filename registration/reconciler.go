@@ -14,7 +14,6 @@ import (
 	"k8s.io/client-go/tools/record"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
@@ -270,30 +269,6 @@ func hasLabels(have, want map[string]string) bool {
 		}
 	}
 	return true
-}
-
-// CacheOptions are the manager cache settings registration needs: pods are cached only when the
-// webhook wired them, as metadata reduced to name, namespace and labels (a cluster's pods would
-// otherwise dominate the webhook's memory); managed fields are dropped from everything.
-func CacheOptions() cache.Options {
-	wired, err := labels.Parse(annotations.InjectedLabel)
-	if err != nil {
-		panic(err)
-	}
-	return cache.Options{
-		DefaultTransform: cache.TransformStripManagedFields(),
-		ByObject: map[client.Object]cache.ByObject{
-			WiredPods(): {
-				Label: wired,
-				Transform: func(o any) (any, error) {
-					if m, ok := o.(*metav1.PartialObjectMetadata); ok {
-						m.ObjectMeta = metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion, Labels: m.Labels}
-					}
-					return o, nil
-				},
-			},
-		},
-	}
 }
 
 func ptr[T any](v T) *T { return &v }

@@ -108,14 +108,7 @@ func Build(cfg *config.Config, ns string, nsObj *corev1.Namespace) (*spirev1alph
 			NamespaceSelector: &metav1.LabelSelector{
 				MatchLabels: map[string]string{namespaceNameLabel: ns},
 			},
-			// Only pods the webhook wired, and never a pod that opted out: a hand-set label on an
-			// opted-out pod (which the webhook never sees) must not attach identity.
-			PodSelector: &metav1.LabelSelector{
-				MatchExpressions: []metav1.LabelSelectorRequirement{
-					{Key: annotations.InjectedLabel, Operator: metav1.LabelSelectorOpIn, Values: []string{string(annotations.ModeMesh), string(annotations.ModeWorkload)}},
-					{Key: annotations.InjectionLabel, Operator: metav1.LabelSelectorOpNotIn, Values: []string{annotations.InjectionDisabled}},
-				},
-			},
+			PodSelector: wiredPodSelector(),
 		},
 	}
 	if nsObj != nil && nsObj.UID != "" {
@@ -127,6 +120,18 @@ func Build(cfg *config.Config, ns string, nsObj *corev1.Namespace) (*spirev1alph
 		return nil, fmt.Errorf("ClusterSPIFFEID %s rejected by spire-controller-manager's parser: %w", obj.Name, err)
 	}
 	return obj, nil
+}
+
+// wiredPodSelector selects only pods the webhook wired, and never a pod that opted out: a hand-set
+// label on an opted-out pod (which the webhook never sees) must not attach identity. Every
+// registration the webhook manages carries this same selector.
+func wiredPodSelector() *metav1.LabelSelector {
+	return &metav1.LabelSelector{
+		MatchExpressions: []metav1.LabelSelectorRequirement{
+			{Key: annotations.InjectedLabel, Operator: metav1.LabelSelectorOpIn, Values: []string{string(annotations.ModeMesh), string(annotations.ModeWorkload)}},
+			{Key: annotations.InjectionLabel, Operator: metav1.LabelSelectorOpNotIn, Values: []string{annotations.InjectionDisabled}},
+		},
+	}
 }
 
 // templateData has the field names spire-controller-manager gives its templates.

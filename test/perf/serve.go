@@ -1,0 +1,165 @@
+package perf
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/server"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
+)
+
+// ServeOptions say how to run `spire-mesh-injector serve` against a control plane.
+type ServeOptions struct {
+	// Bin is the built binary (see Build).
+	Bin string
+	// Kubeconfig reaches the API server; LeaseNamespace holds the leader election lease.
+	Kubeconfig, LeaseNamespace string
+	// CertDir holds tls.crt and tls.key for 127.0.0.1, signed by CA (PEM).
+	CertDir string
+	CA      []byte
+	// LogPath receives the process's log (its stdout and stderr).
+	LogPath string
+}
+
+// Serve is a running `spire-mesh-injector serve` process listening on loopback.
+type Serve struct {
+	*Process
+	// URL is the admission endpoint; MetricsURL its /metrics (HTTPS, same certificate).
+	URL, MetricsURL string
+	// Started is when the process was started.
+	Started time.Time
+	health  string
+	client  *http.Client
+	log     *os.File
+}
+
+// StartServe starts the binary with the built-in configuration on free loopback ports and waits
+// until it reports ready (its cache synced and its webhook listener answering TLS).
+func StartServe(ctx context.Context, o ServeOptions) (*Serve, error) {
+	port, err1 := kube.FreePort()
+	health, err2 := kube.FreePort()
+	metrics, err3 := kube.FreePort()
+	for _, err := range []error{err1, err2, err3} {
+		if err != nil {
+			return nil, err
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(o.LogPath), 0o755); err != nil {
+		return nil, err
+	}
+	logf, err := os.OpenFile(o.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	client, err := TLSClient(o.CA, 2, 10*time.Second)
+	if err != nil {
+		logf.Close()
+		return nil, err
+	}
+	s := &Serve{
+		URL:        "https://127.0.0.1:" + strconv.Itoa(port) + "/mutate-pods",
+		MetricsURL: "https://127.0.0.1:" + strconv.Itoa(metrics) + "/metrics",
+		health:     "http://127.0.0.1:" + strconv.Itoa(health),
+		client:     client,
+		log:        logf,
+	}
+	cmd := exec.Command(o.Bin, "serve",
+		"--kubeconfig="+o.Kubeconfig,
+		"--host=127.0.0.1", "--port="+strconv.Itoa(port),
+		"--cert-dir="+o.CertDir,
+		"--health-addr=127.0.0.1:"+strconv.Itoa(health),
+		"--metrics-addr=127.0.0.1:"+strconv.Itoa(metrics),
+		"--leader-election-namespace="+o.LeaseNamespace,
+		// The benchmarks stop the process between phases; no load balancer is waiting to notice.
+		"--shutdown-delay=0s")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	s.Started = time.Now()
+	if s.Process, err = Start(cmd); err != nil {
+		logf.Close()
+		return nil, err
+	}
+	err = Poll(ctx, 90*time.Second, 100*time.Millisecond, "serve ready", func(ctx context.Context) (bool, error) {
+		if s.Exited() {
+			return false, fmt.Errorf("serve exited (%v); see %s", s.Err, o.LogPath)
+		}
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.health+"/readyz", nil)
+		r, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false, err
+		}
+		r.Body.Close()
+		return r.StatusCode == http.StatusOK, nil
+	})
+	if err != nil {
+		_ = s.Stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Metrics scrapes the process's /metrics.
+func (s *Serve) Metrics(ctx context.Context) (Metrics, error) {
+	return Scrape(ctx, s.client, s.MetricsURL)
+}
+
+// Stop stops the process gracefully (SIGTERM: it releases its lease) and closes its log.
+func (s *Serve) Stop() error {
+	err := s.Process.Stop(60 * time.Second)
+	s.log.Close()
+	return err
+}
+
+// ControlPlane is a kube-apiserver and etcd (test/kube) with what StartServe needs: a kubeconfig
+// file for the process, and the lease namespace.
+type ControlPlane struct {
+	*kube.ControlPlane
+	Client     client.Client
+	Kubeconfig string
+}
+
+// LeaseNamespace holds the benchmarks' leader election lease.
+const LeaseNamespace = "spire-mesh-injector"
+
+// StartControlPlane starts the control plane, writing its kubeconfig into dir.
+func StartControlPlane(ctx context.Context, dir string) (*ControlPlane, error) {
+	cp, err := kube.Start()
+	if err != nil {
+		return nil, err
+	}
+	c := &ControlPlane{ControlPlane: cp, Kubeconfig: filepath.Join(dir, "kubeconfig")}
+	if err := cp.WriteKubeconfig(c.Kubeconfig, "default"); err != nil {
+		_ = cp.Stop()
+		return nil, err
+	}
+	// The benchmarks create thousands of objects: client-go's default 5 requests/s would make the
+	// client, not the API server, the bottleneck.
+	rc := rest.CopyConfig(cp.Config)
+	rc.QPS, rc.Burst = -1, 0
+	if c.Client, err = client.New(rc, client.Options{Scheme: server.Scheme()}); err != nil {
+		_ = cp.Stop()
+		return nil, err
+	}
+	if err := c.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: LeaseNamespace}}); err != nil {
+		_ = cp.Stop()
+		return nil, err
+	}
+	return c, nil
+}
+
+// Serve starts `serve` (bin) against the control plane with its serving certificate, logging to
+// logPath.
+func (c *ControlPlane) Serve(ctx context.Context, bin, logPath string) (*Serve, error) {
+	return StartServe(ctx, ServeOptions{Bin: bin, Kubeconfig: c.Kubeconfig, LeaseNamespace: LeaseNamespace,
+		CertDir: c.CertDir, CA: c.CA, LogPath: logPath})
+}
