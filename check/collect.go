@@ -15,10 +15,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
@@ -34,18 +32,6 @@ var (
 	// sccGroupKind exists only on OpenShift; its presence is how OpenShift is recognised.
 	sccGroupKind = schema.GroupKind{Group: "security.openshift.io", Kind: "SecurityContextConstraints"}
 )
-
-// Scheme holds the typed objects the collector reads.
-func Scheme() *runtime.Scheme {
-	s := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	if err := spirev1alpha1.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	return s
-}
 
 // Snapshot is everything the checks read from the cluster. Each optional read keeps its error next
 // to its result, so that the checks can tell "not there" (NotFound), "not installed" (no such

@@ -12,6 +12,9 @@ import (
 	"slices"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	spirev1alpha1 "github.com/spiffe/spire-controller-manager/api/v1alpha1"
 	corev1 "k8s.io/api/core/v1"
@@ -177,4 +180,17 @@ func SPIFFEID(cfg *config.Config, pod *corev1.Pod) (string, error) {
 		return "", fmt.Errorf("registration.spiffeIDTemplate renders %q for this pod, outside trust domain %s", buf.String(), cfg.TrustDomain)
 	}
 	return id.String(), nil
+}
+
+// Scheme knows the core types and spire-controller-manager's: what the server, the check command
+// and the tests read and write.
+func Scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	if err := spirev1alpha1.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	return s
 }

@@ -13,9 +13,6 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-	spirev1alpha1 "github.com/spiffe/spire-controller-manager/api/v1alpha1"
-	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -56,18 +53,6 @@ type Options struct {
 // LeaderElectionID names the lease the replicas compete for.
 const LeaderElectionID = "spire-mesh-injector"
 
-// Scheme knows the core types and spire-controller-manager's.
-func Scheme() *runtime.Scheme {
-	s := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	if err := spirev1alpha1.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	return s
-}
-
 // TLSOptions are the TLS settings of every listener: TLS 1.2 or later, and no HTTP/2, whose
 // stream-reset floods (CVE-2023-44487) are cheaper to avoid than to bound; the API server speaks
 // HTTP/1.1 to webhooks just as well.
@@ -93,7 +78,7 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	hookSrv := newHookServer(o.Host, o.Port, o.CertDir, TLSOptions, o.Limits)
 	gracePeriod := 30 * time.Second
 	mgr, err := ctrl.NewManager(o.RestConfig, ctrl.Options{
-		Scheme: Scheme(),
+		Scheme: registration.Scheme(),
 		Cache:  registration.CacheOptions(),
 		Metrics: metricsserver.Options{
 			BindAddress: o.MetricsAddr, SecureServing: true, CertDir: o.CertDir, CertName: "tls.crt", KeyName: "tls.key", TLSOpts: TLSOptions,

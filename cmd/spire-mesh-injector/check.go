@@ -15,6 +15,7 @@ import (
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/check"
 	smiconfig "github.com/spire-mesh-injector/spire-mesh-injector/config"
+	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 )
 
 // errCheckFailed reports that the check ran and found at least one FAIL; the report itself has
@@ -91,7 +92,7 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	restConfig.Timeout = timeout
-	c, err := client.New(restConfig, client.Options{Scheme: check.Scheme()})
+	c, err := client.New(restConfig, client.Options{Scheme: registration.Scheme()})
 	if err != nil {
 		return err
 	}

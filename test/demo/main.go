@@ -60,7 +60,7 @@ func run(keep bool, out io.Writer) error {
 		return err
 	}
 	defer func() { _ = cp.Stop() }()
-	k8s, err := client.New(cp.Config, client.Options{Scheme: server.Scheme()})
+	k8s, err := client.New(cp.Config, client.Options{Scheme: registration.Scheme()})
 	if err != nil {
 		return err
 	}

@@ -55,7 +55,7 @@ func TestRegistrationsBecomeSPIREEntries(t *testing.T) {
 	t.Cleanup(func() { _ = cp.Stop() })
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	k8s, err := client.New(cp.Config, client.Options{Scheme: smiserver.Scheme()})
+	k8s, err := client.New(cp.Config, client.Options{Scheme: registration.Scheme()})
 	require.NoError(t, err)
 
 	spireSrv, err := spire.StartServer(ctx, assets, filepath.Join(workDir, "scm-server"), trustDomain, spire.ServerOptions{})

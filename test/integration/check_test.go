@@ -192,7 +192,7 @@ func chkCreate(t *testing.T, obj client.Object) {
 // cfg's user.
 func chkRun(t *testing.T, cfg *rest.Config, o check.Options) *check.Report {
 	t.Helper()
-	c, err := client.New(cfg, client.Options{Scheme: check.Scheme()})
+	c, err := client.New(cfg, client.Options{Scheme: registration.Scheme()})
 	require.NoError(t, err)
 	r, err := check.Run(context.Background(), c, o)
 	require.NoError(t, err)
@@ -470,7 +470,7 @@ func TestCheckRBACIsReadOnlyAndSufficient(t *testing.T) {
 
 	impersonated := rest.CopyConfig(cp.Config)
 	impersonated.Impersonate = rest.ImpersonationConfig{UserName: "checker"}
-	c, err := client.New(impersonated, client.Options{Scheme: check.Scheme()})
+	c, err := client.New(impersonated, client.Options{Scheme: registration.Scheme()})
 	require.NoError(t, err)
 	// What the command does first: the webhook's configuration from its Deployment (absent in
 	// this suite, which runs the webhook in-process) — NotFound, not Forbidden.

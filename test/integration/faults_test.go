@@ -20,7 +20,6 @@ import (
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
-	"github.com/spire-mesh-injector/spire-mesh-injector/server"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
 )
 
@@ -87,7 +86,7 @@ func TestRegistrationRepairedAfterCRDOutage(t *testing.T) {
 	ctx := context.Background()
 	crdDir, err := kube.SCMCRDDir()
 	require.NoError(t, err)
-	scheme := server.Scheme()
+	scheme := registration.Scheme()
 	require.NoError(t, apiextensionsv1.AddToScheme(scheme))
 	admin, err := client.New(cp.Config, client.Options{Scheme: scheme})
 	require.NoError(t, err)
@@ -114,7 +113,7 @@ func TestRegistrationRepairedAfterCRDOutage(t *testing.T) {
 	w := &warnings{}
 	cfg := rest.CopyConfig(cp.Config)
 	cfg.WarningHandler = w
-	wc, err := client.New(cfg, client.Options{Scheme: server.Scheme()})
+	wc, err := client.New(cfg, client.Options{Scheme: registration.Scheme()})
 	require.NoError(t, err)
 	pod := plainPod(ns, "during-outage", nil)
 	require.NoError(t, wc.Create(ctx, pod), "failurePolicy Ignore admits the pod")

@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 	"github.com/spire-mesh-injector/spire-mesh-injector/server"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/tools"
@@ -56,7 +57,7 @@ func run(m *testing.M) int {
 	}
 	defer func() { _ = cp.Stop() }()
 
-	k8s, err = client.New(cp.Config, client.Options{Scheme: server.Scheme()})
+	k8s, err = client.New(cp.Config, client.Options{Scheme: registration.Scheme()})
 	if err != nil {
 		fmt.Println(err)
 		return 1

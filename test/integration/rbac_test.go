@@ -21,7 +21,6 @@ import (
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
-	"github.com/spire-mesh-injector/spire-mesh-injector/server"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
 )
 
@@ -111,7 +110,7 @@ func TestTenantCannotReachAnotherIdentity(t *testing.T) {
 		Subjects: []rbacv1.Subject{{Kind: "User", Name: "tenant-a"}}}))
 	cfg := rest.CopyConfig(cp.Config)
 	cfg.Impersonate = rest.ImpersonationConfig{UserName: "tenant-a"}
-	tenant, err := client.New(cfg, client.Options{Scheme: server.Scheme()})
+	tenant, err := client.New(cfg, client.Options{Scheme: registration.Scheme()})
 	require.NoError(t, err)
 
 	before := &spirev1alpha1.ClusterSPIFFEIDList{}

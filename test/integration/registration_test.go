@@ -22,7 +22,6 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
-	"github.com/spire-mesh-injector/spire-mesh-injector/server"
 )
 
 func TestPodInOptedInNamespaceIsWiredAndRegistered(t *testing.T) {
@@ -217,7 +216,7 @@ func TestAnotherRegistrationForTheSamePodsIsAConflict(t *testing.T) {
 	w := &warnings{}
 	cfg := rest.CopyConfig(cp.Config)
 	cfg.WarningHandler = w
-	wc, err := client.New(cfg, client.Options{Scheme: server.Scheme()})
+	wc, err := client.New(cfg, client.Options{Scheme: registration.Scheme()})
 	require.NoError(t, err)
 	pod := plainPod(ns, "app", nil)
 	require.NoError(t, wc.Create(ctx, pod), "failurePolicy Ignore admits the pod")

@@ -27,7 +27,7 @@ import (
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 
-	"github.com/spire-mesh-injector/spire-mesh-injector/server"
+	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/tools"
 )
 
@@ -139,7 +139,7 @@ func (c *ControlPlane) InstallWebhook(ctx context.Context) (*admissionregistrati
 	if err != nil {
 		return nil, err
 	}
-	cl, err := client.New(c.Config, client.Options{Scheme: server.Scheme()})
+	cl, err := client.New(c.Config, client.Options{Scheme: registration.Scheme()})
 	if err != nil {
 		return nil, err
 	}

@@ -15,7 +15,7 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	"github.com/spire-mesh-injector/spire-mesh-injector/server"
+	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
 )
 
@@ -146,7 +146,7 @@ func StartControlPlane(ctx context.Context, dir string) (*ControlPlane, error) {
 	// client, not the API server, the bottleneck.
 	rc := rest.CopyConfig(cp.Config)
 	rc.QPS, rc.Burst = -1, 0
-	if c.Client, err = client.New(rc, client.Options{Scheme: server.Scheme()}); err != nil {
+	if c.Client, err = client.New(rc, client.Options{Scheme: registration.Scheme()}); err != nil {
 		_ = cp.Stop()
 		return nil, err
 	}
