@@ -33,12 +33,20 @@ func CacheOptions() cache.Options {
 	if err != nil {
 		panic(err)
 	}
+	strip := cache.TransformStripManagedFields()
 	return cache.Options{
-		DefaultTransform: cache.TransformStripManagedFields(),
+		// ClusterSPIFFEIDs are slimmed by the default transform rather than a ByObject entry: a
+		// ByObject entry makes the manager map the kind when it is created, and the webhook must
+		// start before spire-controller-manager's CRD is installed.
+		DefaultTransform: func(o any) (any, error) {
+			if c, ok := o.(*spirev1alpha1.ClusterSPIFFEID); ok {
+				return slimClusterSPIFFEID(c)
+			}
+			return strip(o)
+		},
 		ByObject: map[client.Object]cache.ByObject{
-			WiredPods():                      {Label: wired, Transform: slimPod},
-			namespaceMeta():                  {Transform: slimNamespace},
-			&spirev1alpha1.ClusterSPIFFEID{}: {Transform: slimClusterSPIFFEID},
+			WiredPods():     {Label: wired, Transform: slimPod},
+			namespaceMeta(): {Transform: slimNamespace},
 		},
 	}
 }

@@ -12,6 +12,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	spirev1alpha1 "github.com/spiffe/spire-controller-manager/api/v1alpha1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
 	"github.com/go-logr/logr"
 	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
@@ -48,6 +52,46 @@ type Options struct {
 	Limits Limits
 	// Log receives every log line.
 	Log logr.Logger
+}
+
+// CRDPollInterval is how often a server started without the ClusterSPIFFEID CRD looks for it.
+var CRDPollInterval = 5 * time.Second
+
+var clusterSPIFFEIDKind = spirev1alpha1.GroupVersion.WithKind("ClusterSPIFFEID")
+
+// awaitKind waits, on every replica, until the API server serves gvk, then runs then (which adds
+// the registration index and controller to the running manager: the controller itself still runs
+// only on the leader).
+type awaitKind struct {
+	mapper meta.RESTMapper
+	gvk    schema.GroupVersionKind
+	every  time.Duration
+	then   func(context.Context) error
+	log    logr.Logger
+}
+
+// NeedLeaderElection is false: every replica's webhook needs the index.
+func (a *awaitKind) NeedLeaderElection() bool { return false }
+
+// Start polls the REST mapper, which asks the API server again about a group it did not know.
+func (a *awaitKind) Start(ctx context.Context) error {
+	t := time.NewTicker(a.every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		if _, err := a.mapper.RESTMapping(a.gvk.GroupKind(), a.gvk.Version); err != nil {
+			if !meta.IsNoMatchError(err) {
+				a.log.V(1).Info("looking for the ClusterSPIFFEID CRD", "error", err.Error())
+			}
+			continue
+		}
+		a.log.Info("the ClusterSPIFFEID CRD is installed: setting up registrations")
+		return a.then(ctx)
+	}
 }
 
 // LeaderElectionID names the lease the replicas compete for.
@@ -94,15 +138,31 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	if err != nil {
 		return fmt.Errorf("creating the manager: %w", err)
 	}
-	if err := registration.IndexManaged(ctx, mgr); err != nil {
-		return fmt.Errorf("indexing ClusterSPIFFEIDs: %w", err)
-	}
 	regMetrics := registration.NewMetrics(ctrlmetrics.Registry)
 	registerCertificateExpiry(ctrlmetrics.Registry, o.CertDir)
 	registerConfigInfo(ctrlmetrics.Registry, cfg.Version(), cfg.TrustDomain, cfg.Registration.ClassName, string(cfg.FailurePolicy))
 	recorder := mgr.GetEventRecorderFor("spire-mesh-injector")
-	if err := registration.NewReconciler(cfg, mgr.GetClient(), recorder, regMetrics).SetupWithManager(mgr); err != nil {
-		return fmt.Errorf("setting up the registration reconciler: %w", err)
+	setupRegistration := func(ctx context.Context) error {
+		if err := registration.IndexManaged(ctx, mgr); err != nil {
+			return fmt.Errorf("indexing ClusterSPIFFEIDs: %w", err)
+		}
+		if err := registration.NewReconciler(cfg, mgr.GetClient(), recorder, regMetrics).SetupWithManager(mgr); err != nil {
+			return fmt.Errorf("setting up the registration reconciler: %w", err)
+		}
+		return nil
+	}
+	if _, err := mgr.GetRESTMapper().RESTMapping(clusterSPIFFEIDKind.GroupKind(), clusterSPIFFEIDKind.Version); err != nil {
+		// spire-controller-manager (or ZTWIM, which installs it) may come after the webhook. Serve
+		// meanwhile — pods are wired, and admitted with a CRDMissing warning as when the CRD is lost
+		// while running — and set registration up once the CRD is served, rather than fail to start.
+		// A group the API server has just stopped serving can fail discovery rather than be
+		// unknown: any failure to map the kind waits the same way.
+		log.Info("the ClusterSPIFFEID CRD is not served: serving without registrations until it is", "kind", clusterSPIFFEIDKind.String(), "reason", err.Error())
+		if err := mgr.Add(&awaitKind{mapper: mgr.GetRESTMapper(), gvk: clusterSPIFFEIDKind, every: CRDPollInterval, then: setupRegistration, log: log}); err != nil {
+			return err
+		}
+	} else if err := setupRegistration(ctx); err != nil {
+		return err
 	}
 	ensurer := registration.NewEnsurer(cfg, mgr.GetCache(), mgr.GetClient(), recorder, regMetrics)
 	// GetWebhookServer is what adds the webhook server to the manager's runnables.

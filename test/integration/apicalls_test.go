@@ -17,17 +17,32 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 )
 
-// callCounter counts the API requests a server makes, watches apart.
+// callCounter counts the API requests a server makes, watches apart; paths lists every request's
+// path, watches included.
 type callCounter struct {
 	mu     sync.Mutex
 	reads  []string
 	writes []string
+	paths  []string
 	on     bool
+}
+
+// sawPath says whether the server requested a path containing s.
+func (c *callCounter) sawPath(s string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, p := range c.paths {
+		if strings.Contains(p, s) {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *callCounter) wrap(rt http.RoundTripper) http.RoundTripper {
 	return roundTripper(func(r *http.Request) (*http.Response, error) {
 		c.mu.Lock()
+		c.paths = append(c.paths, r.URL.Path)
 		if c.on && r.URL.Query().Get("watch") != "true" {
 			line := r.Method + " " + r.URL.Path
 			if r.Method == http.MethodGet {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
+	"github.com/spire-mesh-injector/spire-mesh-injector/server"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
 )
 
@@ -123,9 +124,36 @@ func TestRegistrationRepairedAfterCRDOutage(t *testing.T) {
 	assert.Greater(t, metricSum(t, "spire_mesh_injector_registration_ensures_total", map[string]string{"reason": registration.ReasonCRDMissing}), before)
 	waitNamespaceWarning(t, ns, "Registration"+registration.ReasonCRDMissing)
 
+	// A replica started now, without the CRD, starts and serves all the same (it used to fail
+	// to start: its controller's cache could not sync).
+	defer func(d time.Duration) { server.CRDPollInterval = d }(server.CRDPollInterval)
+	server.CRDPollInterval = 200 * time.Millisecond
+	counter := &callCounter{}
+	rcfg := rest.CopyConfig(cp.Config)
+	rcfg.WrapTransport = counter.wrap
+	r := startReplica(t, rcfg, "crd-outage-lease", "crd-outage-test") // waits until it is ready
+	late := namespace(t, true, nil)
+	r.serve(t, late)
+	p2 := plainPod(late, "replica-during-outage", nil)
+	require.NoError(t, wc.Create(ctx, p2))
+	assert.Equal(t, "workload", p2.Labels[annotations.InjectedLabel])
+	require.False(t, counter.sawPath("/api/v1/pods"), "no registration controller without the CRD")
+
 	restore()
 	require.Eventually(t, func() bool {
 		_, err := getCSID(ctx, ns)
 		return err == nil
 	}, 60*time.Second, 200*time.Millisecond, "the reconciler creates the registration once the CRD is back")
+	// The replica finds the CRD and sets its registration index and controller up: the controller
+	// (leader of its own lease) watches wired pods.
+	require.Eventually(t, func() bool {
+		return counter.sawPath("/apis/spire.spiffe.io/v1alpha1/clusterspiffeids") && counter.sawPath("/api/v1/pods")
+	}, 30*time.Second, 100*time.Millisecond, "the replica sets registrations up once the CRD is served")
+	late2 := namespace(t, true, nil)
+	r.serve(t, late2)
+	w.list = nil
+	require.NoError(t, wc.Create(ctx, plainPod(late2, "replica-after-outage", nil)))
+	assert.Empty(t, w.list, "no warning once the CRD is back")
+	_, err = getCSID(ctx, late2)
+	require.NoError(t, err, "registration ensured at admission")
 }

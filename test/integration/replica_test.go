@@ -41,9 +41,13 @@ func startReplica(t *testing.T, restCfg *rest.Config, leaseNS, label string) *re
 	sctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- server.Run(sctx, testConfig, server.Options{RestConfig: restCfg, Host: "127.0.0.1", Port: r.port, CertDir: r.certDir,
+		err := server.Run(sctx, testConfig, server.Options{RestConfig: restCfg, Host: "127.0.0.1", Port: r.port, CertDir: r.certDir,
 			HealthAddr: "127.0.0.1:" + strconv.Itoa(health), MetricsAddr: "0", LeaderElection: true, LeaderElectionNamespace: leaseNS,
 			Log: zap.New(zap.WriteTo(io.Discard))})
+		if err != nil && sctx.Err() == nil {
+			t.Errorf("replica %s stopped: %v", label, err)
+		}
+		done <- err
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 	require.NoError(t, kube.WaitReady(ctx, getStatus("http://127.0.0.1:"+strconv.Itoa(health)+"/readyz")))
