@@ -99,7 +99,7 @@ func forgetInIstioProxy(pod *corev1.Pod, cfg *config.Config, container string) {
 		if json.Unmarshal([]byte(proxy.Env[i].Value), &probers) != nil {
 			return // not Istio's format: leave it alone
 		}
-		prefix := "/app-health/" + container + "/"
+		prefix := istioAppHealthPrefix + container + "/"
 		removed := false
 		for k := range probers {
 			if strings.HasPrefix(k, prefix) {
