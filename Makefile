@@ -25,15 +25,24 @@ build:
 ## and etcd, built once from the Go module proxy and cached), and a brief fuzz of each target.
 test: lint unit fuzz-brief
 
+## lint: gofmt, vet, go.mod and go.sum tidy (both modules), staticcheck and govulncheck (pinned, built
+## once from the Go module proxy and cached, with Go's vulnerability database built offline from
+## golang.org/x/vulndb's data).
 lint:
 	@unformatted=$$(gofmt -l $$(git ls-files --cached --others --exclude-standard '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed: $$unformatted"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) mod tidy -diff
+	cd test/istio && $(GO) mod tidy -diff
+	@lint=$$($(TOOLS) lint) && set -x && \
+	  $$lint/staticcheck ./... && \
+	  (cd test/istio && $$lint/staticcheck ./...) && \
+	  $$lint/govulncheck -db file://$$lint/vulndb ./...
 
-## tools: build (or reuse) kube-apiserver, etcd and kubectl, SPIRE, spire-controller-manager, promtool and
-## Istio's injector (test/istio); prints their folders.
+## tools: build (or reuse) kube-apiserver, etcd and kubectl, SPIRE, spire-controller-manager, promtool,
+## Istio's injector (test/istio) and the lint tools; prints their folders.
 tools:
-	@$(TOOLS) kube && $(TOOLS) spire && $(TOOLS) scm && $(TOOLS) promtool && $(TOOLS) istio
+	@$(TOOLS) kube && $(TOOLS) spire && $(TOOLS) scm && $(TOOLS) promtool && $(TOOLS) istio && $(TOOLS) lint
 
 unit:
 	@kube=$$($(TOOLS) kube) && spire=$$($(TOOLS) spire) && scm=$$($(TOOLS) scm) && promtool=$$($(TOOLS) promtool) && \
@@ -47,17 +56,17 @@ unit:
 fuzz-brief:
 	@for t in $(FUZZ_TARGETS); do \
 	  echo "fuzz $$t for $(FUZZTIME)"; \
-	  $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 30s ./webhook || exit 1; \
+	  $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 30s ./inject || exit 1; \
 	done
 
 ## fuzz: each fuzz target for FUZZTIME_LONG.
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 	  echo "fuzz $$t for $(FUZZTIME_LONG)"; \
-	  $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME_LONG) ./webhook || exit 1; \
+	  $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME_LONG) ./inject || exit 1; \
 	done
 
-## bench: every performance figure of issue 8 (docs/performance.md), each as one line
+## bench: every performance figure (docs/performance.md), each as one line
 ## `BENCH <figure>: <value> (target <target>) met|missed`, gathered at the end into
 ## bench-results/summary.txt beside the raw results. Uses the tools `make tools` builds (built
 ## here if missing); the JWT helper figure needs root, as the real-SPIRE suite does. Fails if a

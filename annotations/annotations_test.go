@@ -44,14 +44,9 @@ func TestParseAudiences(t *testing.T) {
 	}
 }
 
-func TestTokenFiles(t *testing.T) {
-	assert.Equal(t, "payments.jwt", TokenFileName("payments"))
-	assert.Equal(t, "https___api.example.com.jwt", TokenFileName("https://api.example.com"))
-	assert.Equal(t, "spiffe___td_ns_x_sa_y.jwt", TokenFileName("spiffe://td/ns/x/sa/y"))
-	assert.Equal(t, "__.jwt", TokenFileName(".."), "never a path component")
-	assert.NotEqual(t, BundleFileName, TokenFileName("bundle"))
-	require.NoError(t, CheckTokenFiles([]string{"a", "b", "https://a"}))
-	require.ErrorContains(t, CheckTokenFiles([]string{"x:y", "x/y"}), "would share the token file x_y.jwt")
+func TestParseAudiencesRefusesSharedTokenFiles(t *testing.T) {
+	_, err := ParseAudiences("x:y,x/y", 4)
+	require.ErrorContains(t, err, `annotation spiffe.io/audience: audiences "x:y" and "x/y" would share the token file x_y.jwt`)
 }
 
 func TestStatusRoundTrip(t *testing.T) {

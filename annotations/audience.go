@@ -3,16 +3,13 @@ package annotations
 import (
 	"fmt"
 	"strings"
-	"unicode/utf8"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/jwthelper/contract"
 )
 
-// MaxAudienceLength bounds one audience. JWT audiences are usually URLs or SPIFFE IDs; 255 bytes
-// fits both with room and keeps the helper's arguments and file names bounded.
-const MaxAudienceLength = 255
-
 // ParseAudiences parses the value of AudienceAnnotation: a comma-separated list of between 1 and
-// maxCount audiences. Surrounding spaces are trimmed. An audience must be printable ASCII without
-// spaces, commas, quotes or backslashes, at most MaxAudienceLength bytes, and appear once.
+// maxCount audiences. Surrounding spaces are trimmed. Each audience must be one the JWT helper
+// accepts (contract.CheckAudience), appear once, and have a token file of its own.
 func ParseAudiences(value string, maxCount int) ([]string, error) {
 	if strings.TrimSpace(value) == "" {
 		return nil, fmt.Errorf("annotation %s: empty; allowed: a comma-separated list of 1 to %d audiences, e.g. %q", AudienceAnnotation, maxCount, "my-service,https://api.example.com")
@@ -28,11 +25,8 @@ func ParseAudiences(value string, maxCount int) ([]string, error) {
 		if a == "" {
 			return nil, fmt.Errorf("annotation %s: audience %d is empty; allowed: non-empty audiences separated by single commas", AudienceAnnotation, i+1)
 		}
-		if len(a) > MaxAudienceLength {
-			return nil, fmt.Errorf("annotation %s: audience %d is %d bytes long; allowed: at most %d", AudienceAnnotation, i+1, len(a), MaxAudienceLength)
-		}
-		if bad, ok := firstDisallowed(a); ok {
-			return nil, fmt.Errorf("annotation %s: audience %d contains %s; allowed: printable ASCII without spaces, quotes or backslashes", AudienceAnnotation, i+1, bad)
+		if err := contract.CheckAudience(a); err != nil {
+			return nil, fmt.Errorf("annotation %s: audience %d %v", AudienceAnnotation, i+1, err)
 		}
 		if _, dup := seen[a]; dup {
 			return nil, fmt.Errorf("annotation %s: audience %q is listed twice; allowed: each audience once", AudienceAnnotation, a)
@@ -40,57 +34,10 @@ func ParseAudiences(value string, maxCount int) ([]string, error) {
 		seen[a] = struct{}{}
 		out = append(out, a)
 	}
+	if err := contract.TokenFileCollision(out); err != nil {
+		return nil, fmt.Errorf("annotation %s: %v", AudienceAnnotation, err)
+	}
 	return out, nil
-}
-
-// firstDisallowed describes the first byte of s that an audience may not contain.
-func firstDisallowed(s string) (string, bool) {
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= utf8.RuneSelf:
-			return "a non-ASCII character", true
-		case c < 0x20 || c == 0x7f:
-			return fmt.Sprintf("the control character 0x%02x", c), true
-		case c == ' ' || c == '"' || c == '\'' || c == '\\' || c == '`':
-			return fmt.Sprintf("the character %q", c), true
-		}
-	}
-	return "", false
-}
-
-// TokenFileName is the file, inside the JWT helper's token directory, that holds the JWT-SVID for
-// audience. Characters that are not safe in a file name become '_'; JWTFileCollision reports two
-// audiences that would share a file.
-func TokenFileName(audience string) string {
-	b := []byte(audience)
-	for i, c := range b {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
-			b[i] = '_'
-		}
-	}
-	name := string(b)
-	if strings.Trim(name, ".") == "" {
-		name = strings.Repeat("_", len(name))
-	}
-	return name + ".jwt"
-}
-
-// BundleFileName is the file, inside the JWT helper's token directory, that holds the JWT bundle
-// (a JWKS document) for validating tokens locally. Its extension keeps it apart from every token.
-const BundleFileName = "bundle.jwks"
-
-// CheckTokenFiles returns an error when two audiences map to the same token file.
-func CheckTokenFiles(audiences []string) error {
-	seen := make(map[string]string, len(audiences))
-	for _, a := range audiences {
-		f := TokenFileName(a)
-		if prev, ok := seen[f]; ok {
-			return fmt.Errorf("annotation %s: audiences %q and %q would share the token file %s; allowed: audiences that differ in their letters, digits, '.', '-' or '_'", AudienceAnnotation, prev, a, f)
-		}
-		seen[f] = a
-	}
-	return nil
 }
 
 // ParseExtAuthz parses the value of ExtAuthzAnnotation against the pod's audiences.

@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/yaml"
 
+	"github.com/spire-mesh-injector/spire-mesh-injector/jwthelper/contract"
 	"github.com/spire-mesh-injector/spire-mesh-injector/version"
 )
 
@@ -38,8 +39,6 @@ const (
 	// DefaultWorkloadMountPath is where plain workloads find the Workload API socket, as in the
 	// SPIFFE CSI driver's examples.
 	DefaultWorkloadMountPath = "/spiffe-workload-api"
-	// DefaultTokenDir is where the JWT helper writes tokens and where app containers read them.
-	DefaultTokenDir = "/var/run/secrets/spiffe.io/jwt"
 	// DefaultClassName is the className ZTWIM's spire-controller-manager reconciles; it silently
 	// ignores ClusterSPIFFEIDs with any other className, or none.
 	DefaultClassName = "zero-trust-workload-identity-manager-spire"
@@ -48,11 +47,6 @@ const (
 	DefaultSPIFFEIDTemplate = "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}"
 	// DefaultImageRepository is where the project's image (webhook and JWT helper) is published.
 	DefaultImageRepository = "ghcr.io/spire-mesh-injector/spire-mesh-injector"
-	// DefaultHealthPort is the JWT helper's health and metrics port. It is outside the ports Istio
-	// reserves in the pod (15000-15090).
-	DefaultHealthPort = 15987
-	// DefaultExtAuthzPort is the helper's ext_authz gRPC port on the pod's loopback.
-	DefaultExtAuthzPort = 15988
 )
 
 // NativeSidecarMode says when the JWT helper runs as a native sidecar (an init container with
@@ -233,11 +227,11 @@ func defaults() *Config {
 					corev1.ResourceMemory: resource.MustParse("64Mi"),
 				},
 			},
-			TokenDir:      DefaultTokenDir,
-			FileMode:      "0444",
+			TokenDir:      contract.DefaultOutputDir,
+			FileMode:      contract.DefaultFileMode,
 			NativeSidecar: NativeAuto,
-			HealthPort:    DefaultHealthPort,
-			ExtAuthzPort:  DefaultExtAuthzPort,
+			HealthPort:    contract.DefaultHealthPort,
+			ExtAuthzPort:  contract.DefaultExtAuthzPort,
 			MaxAudiences:  8,
 		},
 		Registration: RegistrationConfig{

@@ -5,19 +5,18 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"text/template"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	spirev1alpha1 "github.com/spiffe/spire-controller-manager/api/v1alpha1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/jwthelper/contract"
 )
 
 // istioReservedPorts are ports pilot-agent and Envoy listen on inside every mesh pod.
 var istioReservedPorts = map[int32]bool{15000: true, 15001: true, 15004: true, 15006: true, 15008: true, 15009: true, 15020: true, 15021: true, 15053: true, 15090: true}
-
-// MaxAudiencesLimit is the largest maxAudiences the configuration accepts.
-const MaxAudiencesLimit = 32
 
 // Validate checks every field, names each one that is wrong and says what is allowed, and computes
 // the derived values (parsed template, version). It is called once, at start-up.
@@ -82,8 +81,8 @@ func (c *Config) Validate() error {
 	if j.ExtAuthzPort < 1024 || j.ExtAuthzPort > 65535 || istioReservedPorts[j.ExtAuthzPort] || j.ExtAuthzPort == j.HealthPort {
 		errs = append(errs, field.Invalid(jp.Child("extAuthzPort"), j.ExtAuthzPort, "must be a port from 1024 to 65535 that Istio does not reserve, other than jwtHelper.healthPort"))
 	}
-	if j.MaxAudiences < 1 || j.MaxAudiences > MaxAudiencesLimit {
-		errs = append(errs, field.Invalid(jp.Child("maxAudiences"), j.MaxAudiences, fmt.Sprintf("must be from 1 to %d", MaxAudiencesLimit)))
+	if j.MaxAudiences < 1 || j.MaxAudiences > contract.MaxAudiences {
+		errs = append(errs, field.Invalid(jp.Child("maxAudiences"), j.MaxAudiences, fmt.Sprintf("must be from 1 to %d", contract.MaxAudiences)))
 	}
 
 	errs = append(errs, c.validateRegistration(f("registration"))...)
@@ -131,16 +130,23 @@ func (c *Config) validateRegistration(rp *field.Path) field.ErrorList {
 	if len(errs) > 0 {
 		return errs
 	}
-	// spire-controller-manager's own parser: the same checks its validating webhook makes.
-	parsed, err := spirev1alpha1.ParseClusterSPIFFEIDSpec(&spirev1alpha1.ClusterSPIFFEIDSpec{
-		SPIFFEIDTemplate: r.SPIFFEIDTemplate,
-		DNSNameTemplates: r.DNSNameTemplates,
-		FederatesWith:    r.FederatesWith,
-	})
+	// The templates are parsed as spire-controller-manager's parser (ParseClusterSPIFFEIDSpec)
+	// parses them: plain text/template. Its API package would pull controller-runtime into every
+	// package that reads the configuration, so it is not called here; the registration package
+	// runs it on every object before creating it, and its tests pin that both agree.
+	t, err := template.New("spiffeID").Parse(r.SPIFFEIDTemplate)
 	if err != nil {
-		return append(errs, field.Invalid(rp, r.SPIFFEIDTemplate, "rejected by spire-controller-manager's parser: "+err.Error()))
+		return append(errs, field.Invalid(rp.Child("spiffeIDTemplate"), r.SPIFFEIDTemplate, "rejected by spire-controller-manager's parser: invalid SPIFFEID template: "+err.Error()))
 	}
-	c.spiffeIDTemplate = parsed.SPIFFEIDTemplate
+	for i, d := range r.DNSNameTemplates {
+		if _, err := template.New("dnsName").Parse(d); err != nil {
+			errs = append(errs, field.Invalid(rp.Child("dnsNameTemplates").Index(i), d, "rejected by spire-controller-manager's parser: invalid dnsNameTemplate value: "+err.Error()))
+		}
+	}
+	if len(errs) > 0 {
+		return errs
+	}
+	c.spiffeIDTemplate = t
 	c.spiffeIDUsesNode = strings.Contains(r.SPIFFEIDTemplate, ".Node")
 	return nil
 }

@@ -17,30 +17,13 @@ import (
 // Names the webhook owns inside a pod. A pod that already uses one of them for something else is
 // refused rather than silently changed.
 const (
-	// IstioSocketVolume is the volume Istio's injection template creates for the Workload API
-	// socket; the webhook turns it into a SPIFFE CSI volume, keeping its name.
-	IstioSocketVolume = "workload-socket"
-	// IstioImagePlaceholder is the image a gateway's pod template gives istio-proxy for Istio's
-	// injector to replace with the real proxy image.
-	IstioImagePlaceholder = "auto"
-	// IstioStatusAnnotation is written by Istio's injector on every pod it injected.
-	IstioStatusAnnotation = "sidecar.istio.io/status"
 	// WorkloadAPIVolume is the SPIFFE CSI volume the webhook adds to pods without a proxy.
 	WorkloadAPIVolume = "spiffe-workload-api"
 	// JWTVolume is the in-memory volume the JWT helper writes tokens into.
 	JWTVolume = "spiffe-jwt-svids"
 	// JWTHelperContainer is the JWT-SVID helper sidecar's name.
 	JWTHelperContainer = "spiffe-jwt-helper"
-	// EnvEndpointSocket is the Workload API address variable read by go-spiffe, spiffe-helper and
-	// the SPIFFE libraries.
-	EnvEndpointSocket = "SPIFFE_ENDPOINT_SOCKET"
-	// EnvIstioSocketFile tells pilot-agent the socket's file name inside its socket directory.
-	EnvIstioSocketFile = "WORKLOAD_IDENTITY_SOCKET_FILE"
 )
-
-// istioInitContainers are Istio's own run-to-completion init containers (traffic redirection and
-// its validation); they are not app containers.
-var istioInitContainers = map[string]bool{"istio-init": true, "istio-validation": true}
 
 // InvalidError is a mistake in the pod the user can fix: the webhook denies the pod with Error(),
 // which names the field and says what is allowed. Any other error from the chain is an internal
@@ -139,9 +122,6 @@ func (c *Chain) Run(pod *corev1.Pod, req Request) (Result, error) {
 		if err != nil {
 			return Result{}, &InvalidError{msg: "metadata." + err.Error()}
 		}
-		if err := annotations.CheckTokenFiles(auds); err != nil {
-			return Result{}, &InvalidError{msg: "metadata." + err.Error()}
-		}
 		s.audiences = auds
 	}
 	if v, ok := pod.Annotations[annotations.ExtAuthzAnnotation]; ok {
@@ -152,8 +132,8 @@ func (c *Chain) Run(pod *corev1.Pod, req Request) (Result, error) {
 		s.extAuthz = aud
 	}
 	s.mode = annotations.ModeWorkload
-	if proxy, _, ok := findContainer(pod, c.cfg.Istio.ProxyContainerName); ok {
-		if proxy.Image == IstioImagePlaceholder && pod.Annotations[IstioStatusAnnotation] == "" {
+	if proxy, _, ok := FindContainer(pod, c.cfg.Istio.ProxyContainerName); ok {
+		if awaitingIstio(pod, proxy) {
 			return Result{Skipped: annotations.SkipAwaitingIstio}, nil
 		}
 		s.mode = annotations.ModeMesh

@@ -17,9 +17,9 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
+	"github.com/spire-mesh-injector/spire-mesh-injector/inject"
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/podtest"
-	"github.com/spire-mesh-injector/spire-mesh-injector/webhook"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files from the current output")
@@ -48,17 +48,15 @@ func TestGolden(t *testing.T) {
 			if ns == "" {
 				ns = requestNamespace
 			}
-			// As the webhook does: mutate a copy that shares what mutators must not modify in place,
-			// and check that the pod as it arrived is untouched.
+			// Through the webhook's own entry point, which mutates a copy that shares what mutators
+			// must not modify in place: the pod as it arrived must be untouched.
 			orig := pod
 			snapshot := pod.DeepCopy()
-			pod = mutators.CopyForMutation(orig)
-			_, err := chain.Run(pod, mutators.Request{Namespace: ns})
+			res, err := inject.Pod(chain.Run, orig, ns)
 			require.NoError(t, err)
 			require.True(t, equality.Semantic.DeepEqual(snapshot, orig), "a mutator modified the original pod in place:\n%s", cmp.Diff(snapshot, orig))
-			ops, err := webhook.Patch(orig, pod)
-			require.NoError(t, err)
-			patched := podtest.Apply(t, js, ops)
+			pod = res.Pod
+			patched := podtest.Apply(t, js, res.Ops)
 
 			got := podtest.Decode(t, patched)
 			require.True(t, equality.Semantic.DeepEqual(pod, got), "patch applied to the input differs from the mutated pod:\n%s", cmp.Diff(pod, got))
@@ -74,12 +72,9 @@ func TestGolden(t *testing.T) {
 			require.True(t, equality.Semantic.DeepEqual(got, viaGeneric), "generic diff disagrees:\n%s", cmp.Diff(viaGeneric, got))
 
 			// Idempotent: the webhook reinvoked on its own output changes nothing.
-			again := mutators.CopyForMutation(got)
-			_, err = chain.Run(again, mutators.Request{Namespace: ns})
+			again, err := inject.Pod(chain.Run, got, ns)
 			require.NoError(t, err)
-			ops2, err := webhook.Patch(got, again)
-			require.NoError(t, err)
-			require.Empty(t, ops2, "second run changed the pod")
+			require.Empty(t, again.Ops, "second run changed the pod")
 
 			out, err := yaml.JSONToYAML(patched)
 			require.NoError(t, err)

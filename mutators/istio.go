@@ -1,79 +1,156 @@
 package mutators
 
 import (
-	corev1 "k8s.io/api/core/v1"
+	"encoding/json"
+	"strings"
 
-	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 )
 
-// istioProxy wires a pod that runs Istio's proxy (classic sidecar, native sidecar or gateway) the
-// way Istio's own SPIRE injection template does, without the per-pod template annotation: the
-// workload-socket volume becomes a read-only SPIFFE CSI volume (keeping its name, so Istio's mounts
-// still refer to it), istio-proxy mounts it read-only where pilot-agent looks for the socket, and
-// pilot-agent is told the socket's file name when it is not Istio's default. pilot-agent then finds
-// SPIRE's Workload API on the socket and Envoy gets its SVIDs from SPIRE over SDS.
-type istioProxy struct{}
+// Everything the webhook knows about Istio's injection lives in this file: the names Istio's
+// injection templates give things in a pod, how Istio marks a pod it injected, and Istio's probe
+// rewriting, which the JWT helper joins in meshed pods.
+const (
+	// IstioSocketVolume is the volume Istio's injection template creates for the Workload API
+	// socket; the webhook turns it into a SPIFFE CSI volume, keeping its name.
+	IstioSocketVolume = "workload-socket"
+	// IstioImagePlaceholder is the image a gateway's pod template gives istio-proxy for Istio's
+	// injector to replace with the real proxy image.
+	IstioImagePlaceholder = "auto"
+	// IstioStatusAnnotation is written by Istio's injector on every pod it injected.
+	IstioStatusAnnotation = "sidecar.istio.io/status"
+	// EnvIstioSocketFile tells pilot-agent the socket's file name inside its socket directory.
+	EnvIstioSocketFile = "WORKLOAD_IDENTITY_SOCKET_FILE"
 
-func (istioProxy) name() string { return "istio-proxy" }
+	// Istio's injector describes the app containers it finds to pilot-agent in istio-proxy's
+	// environment: their names, and the HTTP probes it rewrote to go through pilot-agent.
+	envIstioAppContainers = "ISTIO_META_APP_CONTAINERS"
+	envIstioAppProbers    = "ISTIO_KUBE_APP_PROBERS"
 
-func (istioProxy) handles(s *state) bool { return s.mode == annotations.ModeMesh }
+	// Istio's probe rewriting: pilot-agent serves each rewritten probe at
+	// /app-health/<container>/<kind> on its status port and forwards it to the container, as
+	// listed in ISTIO_KUBE_APP_PROBERS. A pod turns it off with the annotation.
+	istioRewriteAnnotation = "sidecar.istio.io/rewriteAppHTTPProbers"
+	istioAppHealthPrefix   = "/app-health/"
+	istioStatusPort        = 15020
+)
 
-func (istioProxy) mutate(pod *corev1.Pod, s *state) error {
-	cfg := s.cfg
-	if i := volumeIndex(pod, IstioSocketVolume); i < 0 {
-		pod.Spec.Volumes = append(pod.Spec.Volumes, csiVolume(IstioSocketVolume, cfg.CSIDriver))
-		s.status.Volumes = append(s.status.Volumes, IstioSocketVolume)
-	} else if !isCSIVolume(&pod.Spec.Volumes[i], cfg.CSIDriver) {
-		// Istio's template makes it an emptyDir that pilot-agent would serve its own CA's
-		// certificates through; the CSI volume publishes the SPIRE agent's socket instead.
-		pod.Spec.Volumes[i] = csiVolume(IstioSocketVolume, cfg.CSIDriver)
+// istioInitContainers are Istio's own run-to-completion init containers (traffic redirection and
+// its validation); they are not app containers.
+var istioInitContainers = map[string]bool{"istio-init": true, "istio-validation": true}
+
+// awaitingIstio reports whether proxy is still the placeholder a gateway's pod template carries
+// and Istio's injector has not run yet: wiring it now would make Istio record our changes as the
+// user's overrides. The webhook is called again after Istio (reinvocation).
+func awaitingIstio(pod *corev1.Pod, proxy *corev1.Container) bool {
+	return proxy.Image == IstioImagePlaceholder && pod.Annotations[IstioStatusAnnotation] == ""
+}
+
+// probeThroughPilotAgent routes the helper's probes through pilot-agent, as Istio's injector does
+// for the app containers it finds. In a meshed pod the kubelet's plain-HTTP probe of the helper's
+// port would reach Envoy's inbound listener, which refuses it under STRICT mutual TLS: the helper
+// would never be ready. Istio does not do it for the helper itself, because the helper is added
+// after Istio's injector ran (or taken back and added again when we are reinvoked after it).
+// Nothing is done where the pod turns Istio's rewriting off.
+func probeThroughPilotAgent(pod *corev1.Pod, cfg *config.Config, helper *corev1.Container) error {
+	if pod.Annotations[istioRewriteAnnotation] == "false" {
+		return nil
 	}
-
-	proxy, init, _ := findContainer(pod, cfg.Istio.ProxyContainerName)
-	mounted := false
-	for i := range proxy.VolumeMounts {
-		if proxy.VolumeMounts[i].Name == IstioSocketVolume {
-			mounted = true
-			proxy.VolumeMounts[i].ReadOnly = true
+	proxy, _, ok := FindContainer(pod, cfg.Istio.ProxyContainerName)
+	if !ok {
+		return nil
+	}
+	port := int32(istioStatusPort)
+	// Istio rewrote the app's probes to the mesh's status port, if it is not the default.
+	for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		for i := range cs {
+			for _, p := range []*corev1.Probe{cs[i].ReadinessProbe, cs[i].LivenessProbe, cs[i].StartupProbe} {
+				if p != nil && p.HTTPGet != nil && strings.HasPrefix(p.HTTPGet.Path, istioAppHealthPrefix) && p.HTTPGet.Port.IntVal != 0 {
+					port = p.HTTPGet.Port.IntVal
+				}
+			}
 		}
 	}
-	if !mounted {
-		if _, _, err := ensureMount(proxy, init, IstioSocketVolume, cfg.Istio.SocketMountPath, "the Workload API socket for pilot-agent"); err != nil {
+	probers := map[string]json.RawMessage{}
+	i := envIndex(proxy, envIstioAppProbers)
+	if i >= 0 && proxy.Env[i].Value != "" {
+		if err := json.Unmarshal([]byte(proxy.Env[i].Value), &probers); err != nil {
+			return invalidf("%s.env[%s]: not the JSON object Istio's injector writes: %v; allowed: Istio's own value",
+				containerField(false, proxy.Name), envIstioAppProbers, err)
+		}
+	}
+	for kind, p := range map[string]*corev1.Probe{"readyz": helper.ReadinessProbe, "livez": helper.LivenessProbe, "startupz": helper.StartupProbe} {
+		if p == nil || p.HTTPGet == nil {
+			continue
+		}
+		path := istioAppHealthPrefix + helper.Name + "/" + kind
+		// pilot-agent's prober format: the original HTTP action and its timeout.
+		b, err := json.Marshal(struct {
+			HTTPGet        *corev1.HTTPGetAction `json:"httpGet"`
+			TimeoutSeconds int32                 `json:"timeoutSeconds,omitempty"`
+		}{p.HTTPGet, p.TimeoutSeconds})
+		if err != nil {
 			return err
 		}
-		s.recordMount(proxy.Name, IstioSocketVolume)
+		probers[path] = b
+		p.HTTPGet = &corev1.HTTPGetAction{Path: path, Port: intstr.FromInt32(port), Scheme: corev1.URISchemeHTTP}
 	}
-
-	if i := envIndex(proxy, EnvIstioSocketFile); i >= 0 {
-		if proxy.Env[i].ValueFrom != nil || proxy.Env[i].Value != cfg.SocketFileName {
-			proxy.Env[i] = corev1.EnvVar{Name: EnvIstioSocketFile, Value: cfg.SocketFileName}
-		}
-	} else if cfg.SocketFileName != config.IstioDefaultSocketFileName {
-		proxy.Env = append(proxy.Env, corev1.EnvVar{Name: EnvIstioSocketFile, Value: cfg.SocketFileName})
-		s.recordEnv(proxy.Name, EnvIstioSocketFile)
+	b, err := json.Marshal(probers)
+	if err != nil {
+		return err
+	}
+	if i >= 0 {
+		proxy.Env[i] = corev1.EnvVar{Name: envIstioAppProbers, Value: string(b)}
+	} else {
+		proxy.Env = append(proxy.Env, corev1.EnvVar{Name: envIstioAppProbers, Value: string(b)})
 	}
 	return nil
 }
 
-// ensureMount makes c mount volume read-only at path unless c already mounts that volume, and
-// returns where the volume is mounted and whether the mount was added. Another volume mounted at
-// path is the pod author's mistake.
-func ensureMount(c *corev1.Container, init bool, volume, path, purpose string) (string, bool, error) {
-	if i := mountByName(c, volume); i >= 0 {
-		return c.VolumeMounts[i].MountPath, false, nil
+// forgetInIstioProxy takes container, which an earlier invocation added, out of what Istio's
+// injector recorded about it in istio-proxy when Istio ran after that invocation. Without this,
+// a pod wired before Istio's injector would keep istio-proxy forwarding probes of a container
+// Istio did not see when it ran first, and the result would depend on webhook order.
+func forgetInIstioProxy(pod *corev1.Pod, cfg *config.Config, container string) {
+	proxy, _, ok := FindContainer(pod, cfg.Istio.ProxyContainerName)
+	if !ok {
+		return
 	}
-	if i := mountByPath(c, path); i >= 0 {
-		return "", false, invalidf("%s.volumeMounts: volume %q is mounted at %s, where spire-mesh-injector mounts %s; allowed: any other mount path",
-			containerField(init, c.Name), c.VolumeMounts[i].Name, path, purpose)
+	if i := envIndex(proxy, envIstioAppContainers); i >= 0 && proxy.Env[i].ValueFrom == nil {
+		names := strings.Split(proxy.Env[i].Value, ",")
+		kept := names[:0]
+		for _, n := range names {
+			if n != container {
+				kept = append(kept, n)
+			}
+		}
+		proxy.Env[i].Value = strings.Join(kept, ",")
 	}
-	c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: volume, MountPath: path, ReadOnly: true})
-	return path, true, nil
-}
-
-func containerField(init bool, name string) string {
-	if init {
-		return "spec.initContainers[" + name + "]"
+	if i := envIndex(proxy, envIstioAppProbers); i >= 0 && proxy.Env[i].ValueFrom == nil {
+		var probers map[string]json.RawMessage
+		if json.Unmarshal([]byte(proxy.Env[i].Value), &probers) != nil {
+			return // not Istio's format: leave it alone
+		}
+		prefix := istioAppHealthPrefix + container + "/"
+		removed := false
+		for k := range probers {
+			if strings.HasPrefix(k, prefix) {
+				delete(probers, k)
+				removed = true
+			}
+		}
+		switch {
+		case !removed:
+		case len(probers) == 0:
+			// Istio sets the variable only when some container has probes to forward.
+			proxy.Env = append(proxy.Env[:i:i], proxy.Env[i+1:]...)
+		default:
+			if b, err := json.Marshal(probers); err == nil {
+				proxy.Env[i].Value = string(b)
+			}
+		}
 	}
-	return "spec.containers[" + name + "]"
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+	"github.com/spire-mesh-injector/spire-mesh-injector/jwthelper/contract"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/podtest"
 )
 
@@ -57,7 +58,7 @@ func run(t *testing.T, cfg *config.Config, pod *corev1.Pod) (Result, error) {
 
 func container(t *testing.T, pod *corev1.Pod, name string) *corev1.Container {
 	t.Helper()
-	c, _, ok := findContainer(pod, name)
+	c, _, ok := FindContainer(pod, name)
 	require.True(t, ok, "container %s", name)
 	return c
 }
@@ -192,7 +193,7 @@ func TestWorkloadSocket(t *testing.T) {
 				for _, name := range []string{"init", "app", "side"} {
 					c := container(t, p, name)
 					assert.Equal(t, []corev1.VolumeMount{{Name: WorkloadAPIVolume, MountPath: "/spiffe-workload-api", ReadOnly: true}}, c.VolumeMounts, name)
-					assert.Equal(t, []corev1.EnvVar{{Name: EnvEndpointSocket, Value: uri}}, c.Env, name)
+					assert.Equal(t, []corev1.EnvVar{{Name: contract.EnvEndpointSocket, Value: uri}}, c.Env, name)
 				}
 			},
 		},
@@ -200,11 +201,11 @@ func TestWorkloadSocket(t *testing.T) {
 			name: "a variable the container sets is kept",
 			pod: func() *corev1.Pod {
 				p := plainPod()
-				p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: EnvEndpointSocket, Value: "unix:///run/own.sock"}}
+				p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: contract.EnvEndpointSocket, Value: "unix:///run/own.sock"}}
 				return p
 			},
 			check: func(t *testing.T, p *corev1.Pod) {
-				assert.Equal(t, []corev1.EnvVar{{Name: EnvEndpointSocket, Value: "unix:///run/own.sock"}}, container(t, p, "app").Env)
+				assert.Equal(t, []corev1.EnvVar{{Name: contract.EnvEndpointSocket, Value: "unix:///run/own.sock"}}, container(t, p, "app").Env)
 			},
 		},
 		{
@@ -456,9 +457,9 @@ func TestStripTakesBackOnlyWhatIsOurs(t *testing.T) {
 	p := plainPod()
 	p.Spec.Volumes = []corev1.Volume{emptyDir("data")}
 	p.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "data", MountPath: "/data"}}
-	p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "LOG_LEVEL", Value: "debug"}, {Name: EnvEndpointSocket, Value: "tcp://127.0.0.1:8081"}}
+	p.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "LOG_LEVEL", Value: "debug"}, {Name: contract.EnvEndpointSocket, Value: "tcp://127.0.0.1:8081"}}
 	forged := annotations.Status{Mode: annotations.ModeWorkload, Volumes: []string{"data"}, Containers: []string{"app", "side"},
-		Mounts: map[string][]string{"app": {"data"}}, Env: map[string][]string{"app": {"LOG_LEVEL", EnvEndpointSocket}}}
+		Mounts: map[string][]string{"app": {"data"}}, Env: map[string][]string{"app": {"LOG_LEVEL", contract.EnvEndpointSocket}}}
 	p.Annotations = map[string]string{annotations.StatusAnnotation: forged.Encode()}
 
 	_, err := run(t, podtest.Config(t), p)
@@ -466,7 +467,7 @@ func TestStripTakesBackOnlyWhatIsOurs(t *testing.T) {
 	app := container(t, p, "app")
 	assert.Equal(t, "data", p.Spec.Volumes[0].Name)
 	assert.Equal(t, corev1.VolumeMount{Name: "data", MountPath: "/data"}, app.VolumeMounts[0])
-	assert.Equal(t, []corev1.EnvVar{{Name: "LOG_LEVEL", Value: "debug"}, {Name: EnvEndpointSocket, Value: "tcp://127.0.0.1:8081"}}, app.Env)
+	assert.Equal(t, []corev1.EnvVar{{Name: "LOG_LEVEL", Value: "debug"}, {Name: contract.EnvEndpointSocket, Value: "tcp://127.0.0.1:8081"}}, app.Env)
 	assert.Len(t, p.Spec.Containers, 2)
 }
 

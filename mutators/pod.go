@@ -1,15 +1,12 @@
 package mutators
 
 import (
-	"maps"
-	"slices"
-
 	corev1 "k8s.io/api/core/v1"
 )
 
-// findContainer returns the container called name in containers or, for native sidecars,
+// FindContainer returns the container called name in containers or, for native sidecars,
 // initContainers.
-func findContainer(pod *corev1.Pod, name string) (c *corev1.Container, init bool, ok bool) {
+func FindContainer(pod *corev1.Pod, name string) (c *corev1.Container, init bool, ok bool) {
 	for i := range pod.Spec.Containers {
 		if pod.Spec.Containers[i].Name == name {
 			return &pod.Spec.Containers[i], false, true
@@ -135,29 +132,4 @@ func (s *state) recordEnv(container, env string) {
 		s.status.Env = map[string][]string{}
 	}
 	s.status.Env[container] = append(s.status.Env[container], env)
-}
-
-// CopyForMutation returns a copy of pod that the chain may mutate while pod stays as it arrived:
-// the maps and slices mutators change (labels, annotations, volumes, containers and each
-// container's env and volume mounts) are fresh, everything reached through a pointer is shared.
-// That is why mutators replace, and never modify in place, anything behind a pointer (a volume
-// source, a probe, a security context). It costs a fraction of a DeepCopy on every admission, and
-// lets the patch builder tell untouched elements by identity.
-func CopyForMutation(pod *corev1.Pod) *corev1.Pod {
-	out := *pod
-	out.Labels = maps.Clone(pod.Labels)
-	out.Annotations = maps.Clone(pod.Annotations)
-	out.Spec.Volumes = slices.Clone(pod.Spec.Volumes)
-	out.Spec.InitContainers = cloneContainers(pod.Spec.InitContainers)
-	out.Spec.Containers = cloneContainers(pod.Spec.Containers)
-	return &out
-}
-
-func cloneContainers(cs []corev1.Container) []corev1.Container {
-	out := slices.Clone(cs)
-	for i := range out {
-		out[i].Env = slices.Clone(out[i].Env)
-		out[i].VolumeMounts = slices.Clone(out[i].VolumeMounts)
-	}
-	return out
 }

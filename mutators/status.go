@@ -4,7 +4,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
-	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
+	"github.com/spire-mesh-injector/spire-mesh-injector/identity"
 )
 
 // labelsAndStatus labels the wired pod, so that its namespace's ClusterSPIFFEID selects it (and
@@ -20,16 +20,13 @@ func (labelsAndStatus) mutate(pod *corev1.Pod, s *state) error {
 	setLabel(pod, annotations.ManagedIdentityLabel, "true")
 	setLabel(pod, annotations.InjectedLabel, string(s.mode))
 
-	// Pods created by a controller carry no namespace yet; the request's is authoritative.
-	view := *pod
-	view.Namespace = s.namespace
-	id, err := registration.SPIFFEID(s.cfg, &view)
+	id, err := identity.SPIFFEID(s.cfg, identity.InNamespace(pod, s.namespace))
 	if err != nil {
 		return invalidf("%v; allowed: pods whose metadata renders a valid SPIFFE ID in trust domain %s", err, s.cfg.TrustDomain)
 	}
 	s.status.Mode = s.mode
 	s.status.SPIFFEID = id
-	s.status.Registration = registration.Name(s.namespace)
+	s.status.Registration = identity.Name(s.namespace)
 	s.status.Audiences = s.audiences
 	s.status.ConfigVersion = s.cfg.Version()
 	setAnnotation(pod, annotations.StatusAnnotation, s.status.Encode())

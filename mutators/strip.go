@@ -1,12 +1,12 @@
 package mutators
 
 import (
-	"encoding/json"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+	"github.com/spire-mesh-injector/spire-mesh-injector/jwthelper/contract"
 )
 
 // stripPrevious takes back what an earlier invocation of the webhook added, as recorded in the
@@ -31,7 +31,7 @@ func (stripPrevious) mutate(pod *corev1.Pod, s *state) error {
 		}
 	}
 	for cname, vols := range p.Mounts {
-		c, _, ok := findContainer(pod, cname)
+		c, _, ok := FindContainer(pod, cname)
 		if !ok {
 			continue
 		}
@@ -42,7 +42,7 @@ func (stripPrevious) mutate(pod *corev1.Pod, s *state) error {
 		}
 	}
 	for cname, envs := range p.Env {
-		c, _, ok := findContainer(pod, cname)
+		c, _, ok := FindContainer(pod, cname)
 		if !ok {
 			continue
 		}
@@ -65,59 +65,6 @@ func (stripPrevious) mutate(pod *corev1.Pod, s *state) error {
 		}
 	}
 	return nil
-}
-
-// Istio's injector describes the app containers it finds to pilot-agent in istio-proxy's
-// environment: their names, and the HTTP probes it rewrote to go through pilot-agent, keyed
-// /app-health/<container>/<probe>.
-const (
-	envIstioAppContainers = "ISTIO_META_APP_CONTAINERS"
-	envIstioAppProbers    = "ISTIO_KUBE_APP_PROBERS"
-)
-
-// forgetInIstioProxy takes container, which an earlier invocation added, out of what Istio's
-// injector recorded about it in istio-proxy when Istio ran after that invocation. Without this,
-// a pod wired before Istio's injector would keep istio-proxy forwarding probes of a container
-// Istio did not see when it ran first, and the result would depend on webhook order.
-func forgetInIstioProxy(pod *corev1.Pod, cfg *config.Config, container string) {
-	proxy, _, ok := findContainer(pod, cfg.Istio.ProxyContainerName)
-	if !ok {
-		return
-	}
-	if i := envIndex(proxy, envIstioAppContainers); i >= 0 && proxy.Env[i].ValueFrom == nil {
-		names := strings.Split(proxy.Env[i].Value, ",")
-		kept := names[:0]
-		for _, n := range names {
-			if n != container {
-				kept = append(kept, n)
-			}
-		}
-		proxy.Env[i].Value = strings.Join(kept, ",")
-	}
-	if i := envIndex(proxy, envIstioAppProbers); i >= 0 && proxy.Env[i].ValueFrom == nil {
-		var probers map[string]json.RawMessage
-		if json.Unmarshal([]byte(proxy.Env[i].Value), &probers) != nil {
-			return // not Istio's format: leave it alone
-		}
-		prefix := istioAppHealthPrefix + container + "/"
-		removed := false
-		for k := range probers {
-			if strings.HasPrefix(k, prefix) {
-				delete(probers, k)
-				removed = true
-			}
-		}
-		switch {
-		case !removed:
-		case len(probers) == 0:
-			// Istio sets the variable only when some container has probes to forward.
-			proxy.Env = append(proxy.Env[:i:i], proxy.Env[i+1:]...)
-		default:
-			if b, err := json.Marshal(probers); err == nil {
-				proxy.Env[i].Value = string(b)
-			}
-		}
-	}
 }
 
 func reservedVolume(name string) bool {
@@ -143,7 +90,7 @@ func isOurEnv(cfg *config.Config, e corev1.EnvVar) bool {
 		return false
 	}
 	switch e.Name {
-	case EnvEndpointSocket:
+	case contract.EnvEndpointSocket:
 		return strings.HasPrefix(e.Value, "unix:///") && strings.HasSuffix(e.Value, "/"+cfg.SocketFileName)
 	case EnvIstioSocketFile:
 		return e.Value == cfg.SocketFileName

@@ -4,6 +4,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
+	"github.com/spire-mesh-injector/spire-mesh-injector/jwthelper/contract"
 )
 
 // workloadSocket wires a pod without a proxy (a plain app, or one that runs its own Envoy as in
@@ -35,9 +36,9 @@ func (workloadSocket) mutate(pod *corev1.Pod, s *state) error {
 		if added {
 			s.recordMount(c.Name, WorkloadAPIVolume)
 		}
-		if envIndex(c, EnvEndpointSocket) < 0 {
-			c.Env = append(c.Env, corev1.EnvVar{Name: EnvEndpointSocket, Value: cfg.WorkloadSocketURI(at)})
-			s.recordEnv(c.Name, EnvEndpointSocket)
+		if envIndex(c, contract.EnvEndpointSocket) < 0 {
+			c.Env = append(c.Env, corev1.EnvVar{Name: contract.EnvEndpointSocket, Value: cfg.WorkloadSocketURI(at)})
+			s.recordEnv(c.Name, contract.EnvEndpointSocket)
 		}
 		return nil
 	}

@@ -19,9 +19,9 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
+	"github.com/spire-mesh-injector/spire-mesh-injector/inject"
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
-	"github.com/spire-mesh-injector/spire-mesh-injector/webhook"
 )
 
 // templatePaths are the JSON pointers to the pod (template) of every kind the preview mutates.
@@ -212,7 +212,7 @@ func injectObject(js []byte, h header, chain *mutators.Chain, defaultNS string, 
 	if err != nil {
 		return nil, false, fmt.Errorf("%s: %w", what, err)
 	}
-	pod, err := webhook.DecodePod(tmpl)
+	pod, err := inject.DecodePod(tmpl)
 	if err != nil {
 		return nil, false, fmt.Errorf("%s: pod template: %w", what, err)
 	}
@@ -220,22 +220,22 @@ func injectObject(js []byte, h header, chain *mutators.Chain, defaultNS string, 
 	if ns == "" {
 		ns = defaultNS
 	}
-	mut := mutators.CopyForMutation(pod)
-	res, err := chain.Run(mut, mutators.Request{Namespace: ns})
+	// The webhook's own entry point: the preview is what admission does by construction.
+	res, err := inject.Pod(chain.Run, pod, ns)
 	if err != nil {
 		return nil, false, fmt.Errorf("%s: %w", what, err)
 	}
-	if res.Mode != "" {
+	if res.Result.Mode != "" {
 		namespaces[ns] = true
 	}
-	ops, err := webhook.Patch(pod, mut)
-	if err != nil || len(ops) == 0 {
-		return js, false, err
+	ops := res.Ops
+	if len(ops) == 0 {
+		return js, false, nil
 	}
 	for i := range ops {
 		ops[i].Path = prefix + ops[i].Path
 	}
-	raw, err := webhook.EncodePatch(ops)
+	raw, err := inject.EncodePatch(ops)
 	if err != nil {
 		return nil, false, err
 	}

@@ -18,7 +18,7 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/podtest"
 )
 
-func inject(t *testing.T, in string, opts Options) (string, error) {
+func runInject(t *testing.T, in string, opts Options) (string, error) {
 	var out bytes.Buffer
 	err := Inject(strings.NewReader(in), &out, mutators.NewChain(podtest.Config(t)), opts)
 	return out.String(), err
@@ -41,7 +41,7 @@ func podSpecAt(t *testing.T, doc map[string]any, path ...string) *corev1.Pod {
 func TestInjectEveryKind(t *testing.T) {
 	in, err := os.ReadFile("testdata/all-kinds.yaml")
 	require.NoError(t, err)
-	out, err := inject(t, string(in), Options{Namespace: "fallback-ns", Registrations: true})
+	out, err := runInject(t, string(in), Options{Namespace: "fallback-ns", Registrations: true})
 	require.NoError(t, err)
 	docs := strings.Split(out, "---\n")
 
@@ -109,9 +109,9 @@ func TestInjectEveryKind(t *testing.T) {
 func TestInjectIsIdempotent(t *testing.T) {
 	in, err := os.ReadFile("testdata/all-kinds.yaml")
 	require.NoError(t, err)
-	once, err := inject(t, string(in), Options{})
+	once, err := runInject(t, string(in), Options{})
 	require.NoError(t, err)
-	twice, err := inject(t, once, Options{})
+	twice, err := runInject(t, once, Options{})
 	require.NoError(t, err)
 	assert.Equal(t, once, twice)
 }
@@ -126,7 +126,7 @@ func TestInjectErrorsNameTheDocument(t *testing.T) {
 		{"- just\n- a list\n", "document 1: not a Kubernetes object"},
 	}
 	for _, tt := range tests {
-		_, err := inject(t, tt.in, Options{})
+		_, err := runInject(t, tt.in, Options{})
 		require.ErrorContains(t, err, tt.want)
 	}
 }
@@ -134,7 +134,7 @@ func TestInjectErrorsNameTheDocument(t *testing.T) {
 func TestInjectExample(t *testing.T) {
 	in, err := os.ReadFile("../docs/examples/istio-injected-deployment.yaml")
 	require.NoError(t, err)
-	out, err := inject(t, string(in), Options{Registrations: true})
+	out, err := runInject(t, string(in), Options{Registrations: true})
 	require.NoError(t, err)
 	docs := strings.Split(out, "---\n")
 	require.Len(t, docs, 4)

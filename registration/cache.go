@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
+	"github.com/spire-mesh-injector/spire-mesh-injector/identity"
 )
 
 // CacheOptions are the manager cache settings registration needs. The cache holds every
@@ -89,7 +90,7 @@ func slimNamespace(o any) (any, error) {
 // sharedPodSelector is the pod selector of every registration the webhook manages, held once.
 // Objects read from the cache are deep copies, and event handlers only read, so sharing it is
 // safe.
-var sharedPodSelector = wiredPodSelector()
+var sharedPodSelector = identity.WiredPodSelector()
 
 func slimClusterSPIFFEID(o any) (any, error) {
 	c, ok := o.(*spirev1alpha1.ClusterSPIFFEID)
@@ -102,8 +103,8 @@ func slimClusterSPIFFEID(o any) (any, error) {
 	// resource, which ignores status.
 	c.Status = spirev1alpha1.ClusterSPIFFEIDStatus{}
 	c.Labels = internKeys(c.Labels)
-	if v, ok := c.Labels[ManagedByLabel]; ok {
-		c.Labels[ManagedByLabel] = intern(v)
+	if v, ok := c.Labels[identity.ManagedByLabel]; ok {
+		c.Labels[identity.ManagedByLabel] = intern(v)
 	}
 	for i := range c.OwnerReferences {
 		c.OwnerReferences[i].APIVersion = intern(c.OwnerReferences[i].APIVersion)
@@ -114,7 +115,7 @@ func slimClusterSPIFFEID(o any) (any, error) {
 	if c.Spec.NamespaceSelector != nil {
 		c.Spec.NamespaceSelector.MatchLabels = internKeys(c.Spec.NamespaceSelector.MatchLabels)
 	}
-	if c.Labels[ManagedByLabel] == ManagedByValue && c.Spec.PodSelector != sharedPodSelector &&
+	if c.Labels[identity.ManagedByLabel] == identity.ManagedByValue && c.Spec.PodSelector != sharedPodSelector &&
 		equality.Semantic.DeepEqual(c.Spec.PodSelector, sharedPodSelector) {
 		c.Spec.PodSelector = sharedPodSelector
 	}

@@ -1,12 +1,10 @@
 package registration
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"sync"
-	"text/template"
 	"time"
 
 	spirev1alpha1 "github.com/spiffe/spire-controller-manager/api/v1alpha1"
@@ -22,6 +20,7 @@ import (
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+	"github.com/spire-mesh-injector/spire-mesh-injector/identity"
 )
 
 // ManagedIndex is the cache field index that tells the webhook's ClusterSPIFFEIDs ("true") from
@@ -82,7 +81,7 @@ func (e *Ensurer) Ensure(ctx context.Context, ns string, pod *corev1.Pod) error 
 	if err != nil {
 		var ee *EnsureError
 		if !errors.As(err, &ee) {
-			ee = &EnsureError{Namespace: ns, Name: Name(ns), Reason: ReasonAPIError, Err: err}
+			ee = &EnsureError{Namespace: ns, Name: identity.Name(ns), Reason: ReasonAPIError, Err: err}
 			err = ee
 		}
 		e.metrics.ensures.WithLabelValues("error", ee.Reason).Inc()
@@ -94,7 +93,7 @@ func (e *Ensurer) Ensure(ctx context.Context, ns string, pod *corev1.Pod) error 
 }
 
 func (e *Ensurer) ensure(ctx context.Context, ns string, pod *corev1.Pod) error {
-	name := Name(ns)
+	name := identity.Name(ns)
 	var nsMeta *metav1.PartialObjectMetadata
 	getNamespace := func() (*metav1.PartialObjectMetadata, error) {
 		if nsMeta != nil {
@@ -115,9 +114,9 @@ func (e *Ensurer) ensure(ctx context.Context, ns string, pod *corev1.Pod) error 
 	err := e.reader.Get(ctx, types.NamespacedName{Name: name}, existing)
 	switch {
 	case err == nil:
-		if existing.Labels[ManagedByLabel] != ManagedByValue {
+		if existing.Labels[identity.ManagedByLabel] != identity.ManagedByValue {
 			return &EnsureError{Namespace: ns, Name: name, Reason: ReasonConflict,
-				Err: fmt.Errorf("a ClusterSPIFFEID named %s exists but is not managed by spire-mesh-injector (label %s=%s missing); rename or delete it", name, ManagedByLabel, ManagedByValue)}
+				Err: fmt.Errorf("a ClusterSPIFFEID named %s exists but is not managed by spire-mesh-injector (label %s=%s missing); rename or delete it", name, identity.ManagedByLabel, identity.ManagedByValue)}
 		}
 		e.metrics.ensures.WithLabelValues("exists", "").Inc()
 		return nil
@@ -162,76 +161,48 @@ func (e *Ensurer) ensure(ctx context.Context, ns string, pod *corev1.Pod) error 
 }
 
 // checkConflicts refuses a registration that would give pod a second SPIFFE ID: another
-// (non-fallback) ClusterSPIFFEID of the same class that selects it with a different identity.
-// spire-controller-manager would create an entry for each, and the workload could get either.
+// registration of the same class that competes with ours for it (identity.Registration.Competes).
 // ZTWIM's fallback default (fallback: true) yields to ours and is no conflict.
 func (e *Ensurer) checkConflicts(ctx context.Context, ns string, pod *corev1.Pod, getNamespace func() (*metav1.PartialObjectMetadata, error)) error {
 	var others spirev1alpha1.ClusterSPIFFEIDList
 	if err := e.reader.List(ctx, &others, client.MatchingFields{ManagedIndex: "false"}, client.UnsafeDisableDeepCopy); err != nil {
 		if meta.IsNoMatchError(err) {
-			return crdMissing(ns, Name(ns), err)
+			return crdMissing(ns, identity.Name(ns), err)
 		}
 		return fmt.Errorf("listing ClusterSPIFFEIDs from the cache: %w", err)
 	}
 	if len(others.Items) == 0 {
 		return nil
 	}
-	ours, err := SPIFFEID(e.cfg, withNamespace(pod, ns))
-	if err != nil {
-		return err
+	pod = identity.InNamespace(pod, ns)
+	nsLabels := func() (labels.Set, error) {
+		m, err := getNamespace()
+		if err != nil {
+			return nil, err
+		}
+		return labels.Set(m.Labels), nil
 	}
 	for i := range others.Items {
 		o := &others.Items[i]
-		if o.Spec.Fallback || o.Spec.ClassName != e.cfg.Registration.ClassName || o.DeletionTimestamp != nil {
+		if o.Spec.ClassName != e.cfg.Registration.ClassName {
 			continue
 		}
-		parsed, err := spirev1alpha1.ParseClusterSPIFFEIDSpec(&o.Spec)
+		r, err := Parse(o)
 		if err != nil {
 			continue // spire-controller-manager ignores what it cannot parse
 		}
-		if parsed.PodSelector != nil && !parsed.PodSelector.Matches(labels.Set(pod.Labels)) {
+		c, err := r.Competes(e.cfg, pod, nsLabels)
+		if err != nil {
+			return err
+		}
+		if c == nil {
 			continue
 		}
-		if parsed.NamespaceSelector != nil {
-			m, err := getNamespace()
-			if err != nil {
-				return err
-			}
-			if !parsed.NamespaceSelector.Matches(labels.Set(m.Labels)) {
-				continue
-			}
-		}
-		theirs := render(parsed.SPIFFEIDTemplate, e.cfg, withNamespace(pod, ns))
-		if theirs == ours && ours != "" {
-			continue
-		}
-		return &EnsureError{Namespace: ns, Name: Name(ns), Reason: ReasonConflict,
+		return &EnsureError{Namespace: ns, Name: identity.Name(ns), Reason: ReasonConflict,
 			Err: fmt.Errorf("ClusterSPIFFEID %s (className %q, not managed by spire-mesh-injector) already selects this pod with SPIFFE ID %q, not %q; give it fallback: true, narrow its selectors, or label the pod %s=%s",
-				o.Name, o.Spec.ClassName, theirs, ours, annotations.InjectionLabel, annotations.InjectionDisabled)}
+				o.Name, o.Spec.ClassName, c.Theirs, c.Ours, annotations.InjectionLabel, annotations.InjectionDisabled)}
 	}
 	return nil
-}
-
-// render renders a parsed SPIFFE ID template for pod as spire-controller-manager would before
-// scheduling; "" when it cannot.
-func render(t *template.Template, cfg *config.Config, pod *corev1.Pod) string {
-	var buf bytes.Buffer
-	if err := t.Execute(&buf, &templateData{
-		TrustDomain: cfg.TrustDomain, ClusterName: cfg.ClusterName, ClusterDomain: cfg.ClusterDomain,
-		PodMeta: &pod.ObjectMeta, PodSpec: &pod.Spec, NodeMeta: &metav1.ObjectMeta{}, NodeSpec: &corev1.NodeSpec{},
-	}); err != nil {
-		return ""
-	}
-	return buf.String()
-}
-
-func withNamespace(pod *corev1.Pod, ns string) *corev1.Pod {
-	if pod.Namespace == ns {
-		return pod
-	}
-	p := *pod
-	p.Namespace = ns
-	return &p
 }
 
 func crdMissing(ns, name string, err error) error {

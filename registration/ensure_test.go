@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
+	"github.com/spire-mesh-injector/spire-mesh-injector/identity"
 )
 
 func scheme(t *testing.T) *runtime.Scheme {
@@ -35,7 +36,7 @@ func scheme(t *testing.T) *runtime.Scheme {
 }
 
 func managedIndexFunc(o client.Object) []string {
-	if o.GetLabels()[ManagedByLabel] == ManagedByValue {
+	if o.GetLabels()[identity.ManagedByLabel] == identity.ManagedByValue {
 		return []string{"true"}
 	}
 	return []string{"false"}

@@ -25,6 +25,7 @@ import (
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+	"github.com/spire-mesh-injector/spire-mesh-injector/identity"
 )
 
 // Reconciler repairs what admission could not, and keeps each namespace's registration true to the
@@ -50,7 +51,7 @@ func NewReconciler(cfg *config.Config, c client.Client, recorder record.EventRec
 // IndexManaged registers ManagedIndex with the manager's cache. Call before the manager starts.
 func IndexManaged(ctx context.Context, mgr manager.Manager) error {
 	return mgr.GetFieldIndexer().IndexField(ctx, &spirev1alpha1.ClusterSPIFFEID{}, ManagedIndex, func(o client.Object) []string {
-		if o.GetLabels()[ManagedByLabel] == ManagedByValue {
+		if o.GetLabels()[identity.ManagedByLabel] == identity.ManagedByValue {
 			return []string{"true"}
 		}
 		return []string{"false"}
@@ -91,8 +92,8 @@ func (r *Reconciler) SetupWithManager(mgr manager.Manager) error {
 // the namespace of one of ours; for anybody else's, every namespace its namespace selector matches
 // (it may stop or start covering them).
 func (r *Reconciler) namespacesOf(ctx context.Context, o client.Object) []reconcile.Request {
-	if o.GetLabels()[ManagedByLabel] == ManagedByValue {
-		if ns := o.GetLabels()[NamespaceLabel]; ns != "" {
+	if o.GetLabels()[identity.ManagedByLabel] == identity.ManagedByValue {
+		if ns := o.GetLabels()[identity.NamespaceLabel]; ns != "" {
 			return []reconcile.Request{{NamespacedName: types.NamespacedName{Name: ns}}}
 		}
 		return nil
@@ -124,7 +125,7 @@ func (r *Reconciler) namespacesOf(ctx context.Context, o client.Object) []reconc
 // Reconcile brings namespace req.Name's registration to its desired state.
 func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	ns := req.Name
-	logger := log.FromContext(ctx).WithValues("namespace", ns, "clusterSPIFFEID", Name(ns))
+	logger := log.FromContext(ctx).WithValues("namespace", ns, "clusterSPIFFEID", identity.Name(ns))
 	result, reason, err := r.reconcile(ctx, ns)
 	r.metrics.reconciles.WithLabelValues(result, reason).Inc()
 	if err != nil {
@@ -147,7 +148,7 @@ func (r *Reconciler) reconcile(ctx context.Context, ns string) (result, reason s
 	}
 	want := nsMeta != nil && nsMeta.DeletionTimestamp == nil && nsMeta.Labels[annotations.InjectionLabel] == annotations.InjectionEnabled
 
-	name := Name(ns)
+	name := identity.Name(ns)
 	current := &spirev1alpha1.ClusterSPIFFEID{}
 	switch err := r.client.Get(ctx, types.NamespacedName{Name: name}, current); {
 	case apierrors.IsNotFound(err):
@@ -155,7 +156,7 @@ func (r *Reconciler) reconcile(ctx context.Context, ns string) (result, reason s
 	case err != nil:
 		return "error", ReasonAPIError, err
 	}
-	if current != nil && current.Labels[ManagedByLabel] != ManagedByValue {
+	if current != nil && current.Labels[identity.ManagedByLabel] != identity.ManagedByValue {
 		if want {
 			r.event(nsMeta, corev1.EventTypeWarning, "Registration"+ReasonConflict,
 				"ClusterSPIFFEID %s exists but is not managed by spire-mesh-injector; rename or delete it", name)

@@ -1,7 +1,6 @@
 package registration
 
 import (
-	"strings"
 	"testing"
 	"time"
 
@@ -11,25 +10,17 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"sigs.k8s.io/yaml"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+	"github.com/spire-mesh-injector/spire-mesh-injector/identity"
 )
 
 func cfg(t *testing.T, extra string) *config.Config {
 	c, err := config.Parse([]byte("trustDomain: example.org\nclusterName: c1\n" + extra))
 	require.NoError(t, err)
 	return c
-}
-
-func TestName(t *testing.T) {
-	assert.Equal(t, "spire-mesh-injector-payments", Name("payments"))
-	ns63 := strings.Repeat("a", 63)
-	assert.Equal(t, NamePrefix+ns63, Name(ns63))
-	long := Name(strings.Repeat("b", 300))
-	assert.LessOrEqual(t, len(long), 253)
-	assert.True(t, strings.HasPrefix(long, NamePrefix))
-	assert.NotEqual(t, long, Name(strings.Repeat("b", 299)+"c"))
 }
 
 func TestBuild(t *testing.T) {
@@ -41,7 +32,7 @@ func TestBuild(t *testing.T) {
 	assert.Equal(t, "spire.spiffe.io/v1alpha1", obj.APIVersion)
 	assert.Equal(t, "ClusterSPIFFEID", obj.Kind)
 	assert.Equal(t, "spire-mesh-injector-payments", obj.Name)
-	assert.Equal(t, map[string]string{ManagedByLabel: ManagedByValue, NamespaceLabel: "payments"}, obj.Labels)
+	assert.Equal(t, map[string]string{identity.ManagedByLabel: identity.ManagedByValue, identity.NamespaceLabel: "payments"}, obj.Labels)
 	assert.Equal(t, []metav1.OwnerReference{{APIVersion: "v1", Kind: "Namespace", Name: "payments", UID: "uid-1"}}, obj.OwnerReferences)
 	s := obj.Spec
 	assert.Equal(t, config.DefaultClassName, s.ClassName)
@@ -85,14 +76,28 @@ func TestBuildRejectsBadNamespaceAnnotations(t *testing.T) {
 	}
 }
 
-func TestSPIFFEID(t *testing.T) {
-	c := cfg(t, "")
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "n1"}, Spec: corev1.PodSpec{ServiceAccountName: "api"}}
-	id, err := SPIFFEID(c, pod)
-	require.NoError(t, err)
-	assert.Equal(t, "spiffe://example.org/ns/n1/sa/api", id)
-
-	other := cfg(t, "registration:\n  spiffeIDTemplate: 'spiffe://other.org/ns/{{ .PodMeta.Namespace }}'\n")
-	_, err = SPIFFEID(other, pod)
-	require.ErrorContains(t, err, "outside trust domain example.org")
+// TestConfigAgreesWithSCMParser pins the configuration's own template parsing (config cannot import
+// spire-controller-manager's API package, which pulls in controller-runtime) to
+// spire-controller-manager's parser: whatever the configuration accepts, Build, which runs that
+// parser, accepts too, and what the parser refuses the configuration refuses.
+func TestConfigAgreesWithSCMParser(t *testing.T) {
+	for _, reg := range []string{
+		"{spiffeIDTemplate: 'spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}'}",
+		"{spiffeIDTemplate: 'spiffe://{{ .TrustDomain }}/c/{{ .ClusterName }}/ns/{{ .PodMeta.Namespace }}/{{ .PodMeta.Labels.app }}'}",
+		"{spiffeIDTemplate: 'spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}', dnsNameTemplates: ['{{ .PodMeta.Name }}.{{ .PodMeta.Namespace }}.svc']}",
+		"{spiffeIDTemplate: 'spiffe://{{ .TrustDomain }/ns/{{ .PodMeta.Namespace }}'}",
+		"{spiffeIDTemplate: 'spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}{{ end }}'}",
+		"{spiffeIDTemplate: 'spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}', dnsNameTemplates: ['{{ .PodMeta.Name ']}",
+		"{spiffeIDTemplate: 'spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}', federatesWith: [partner.example]}",
+	} {
+		scm := spirev1alpha1.ClusterSPIFFEIDSpec{}
+		require.NoError(t, yaml.Unmarshal([]byte(reg), &scm), reg)
+		_, scmErr := spirev1alpha1.ParseClusterSPIFFEIDSpec(&scm)
+		c, cfgErr := config.Parse([]byte("trustDomain: example.org\nclusterName: c1\nregistration: " + reg + "\n"))
+		assert.Equal(t, scmErr == nil, cfgErr == nil, "%s: parser says %v, configuration says %v", reg, scmErr, cfgErr)
+		if cfgErr == nil {
+			_, err := Build(c, "n", nil)
+			assert.NoError(t, err, reg)
+		}
+	}
 }

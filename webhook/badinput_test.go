@@ -28,7 +28,7 @@ func TestBadInputCatalogue(t *testing.T) {
 			p.Annotations = map[string]string{}
 		}
 		f(p)
-		return mustJSON(t, p)
+		return podtest.JSON(t, p)
 	}
 	aud := func(v string) func(p *corev1.Pod) {
 		return func(p *corev1.Pod) { p.Annotations[annotations.AudienceAnnotation] = v }

@@ -9,6 +9,7 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	"github.com/spire-mesh-injector/spire-mesh-injector/inject"
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/podtest"
 )
@@ -25,8 +26,8 @@ func benchBodies(b *testing.B) []struct {
 		name string
 		body []byte
 	}{
-		{"typical", podtest.ReviewBody(b, podtest.Request("shop", mustJSON(b, pod)))},
-		{"64KB", podtest.ReviewBody(b, podtest.Request("shop", mustJSON(b, large)))},
+		{"typical", podtest.ReviewBody(b, podtest.Request("shop", podtest.JSON(b, pod)))},
+		{"64KB", podtest.ReviewBody(b, podtest.Request("shop", podtest.JSON(b, large)))},
 	}
 }
 
@@ -37,7 +38,7 @@ func floor(body []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := DecodePod(review.Request.Object.Raw); err != nil {
+	if _, err := inject.DecodePod(review.Request.Object.Raw); err != nil {
 		return nil, err
 	}
 	return EncodeResponse(&admissionv1.AdmissionResponse{UID: review.Request.UID, Allowed: true})

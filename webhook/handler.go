@@ -15,15 +15,12 @@ import (
 	"github.com/go-logr/logr"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/tools/record"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+	"github.com/spire-mesh-injector/spire-mesh-injector/inject"
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
-	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 )
 
 // Path is where the server serves pod mutations.
@@ -35,12 +32,6 @@ const MaxRequestBytes = 7 << 20
 
 // maxWarning is the longest admission warning the API server shows unshortened.
 const maxWarning = 120
-
-var (
-	podKind     = metav1.GroupVersionKind{Group: "", Version: "v1", Kind: "Pod"}
-	podResource = metav1.GroupVersionResource{Group: "", Version: "v1", Resource: "pods"}
-	reviewGV    = schema.GroupVersion{Group: "admission.k8s.io", Version: "v1"}
-)
 
 // RegistrationTimeout bounds the registration ensure inside one admission; the webhook's
 // timeoutSeconds (5) must leave room for it.
@@ -54,48 +45,13 @@ type Registrar interface {
 
 // Handler serves admission reviews for pod creation.
 type Handler struct {
-	run       func(*corev1.Pod, mutators.Request) (mutators.Result, error)
+	run       inject.Runner
 	registrar Registrar
 	policy    config.FailurePolicy
 	log       logr.Logger
 	metrics   *Metrics
 	recorder  record.EventRecorder
 	now       func() time.Time
-}
-
-// Event reasons the handler records.
-const (
-	EventDenied  = "SPIREInjectionDenied"
-	EventSkipped = "SPIREInjectionSkipped"
-	EventFailed  = "SPIREInjectionFailed"
-)
-
-// WithRecorder makes the handler record Events for denials, skips worth knowing and internal
-// faults. A pod being admitted does not exist yet, so the Event goes to its controller (the
-// ReplicaSet, Job, ... whose FailedCreate the user is looking at) or, for a bare pod, to its
-// namespace.
-func (h *Handler) WithRecorder(r record.EventRecorder) *Handler {
-	h.recorder = r
-	return h
-}
-
-func (h *Handler) event(req *admissionv1.AdmissionRequest, pod *corev1.Pod, eventType, reason, message string) {
-	if h.recorder == nil {
-		return
-	}
-	var obj runtime.Object = &corev1.Namespace{
-		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Namespace"},
-		ObjectMeta: metav1.ObjectMeta{Name: req.Namespace},
-	}
-	if pod != nil {
-		if owner := metav1.GetControllerOf(pod); owner != nil {
-			obj = &metav1.PartialObjectMetadata{
-				TypeMeta:   metav1.TypeMeta{APIVersion: owner.APIVersion, Kind: owner.Kind},
-				ObjectMeta: metav1.ObjectMeta{Name: owner.Name, Namespace: req.Namespace, UID: owner.UID},
-			}
-		}
-	}
-	h.recorder.Event(obj, eventType, reason, message)
 }
 
 // NewHandler returns a handler that runs chain, ensures registrations with registrar (nil: none,
@@ -108,6 +64,7 @@ func NewHandler(chain *mutators.Chain, registrar Registrar, log logr.Logger, met
 // Requests that are not AdmissionReviews get an HTTP error naming what is wrong.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := h.now()
+	defer func() { h.metrics.duration.Observe(h.now().Sub(start).Seconds()) }()
 	if r.Method != http.MethodPost {
 		http.Error(w, "method "+r.Method+" not allowed; allowed: POST", http.StatusMethodNotAllowed)
 		return
@@ -133,7 +90,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_, _ = w.Write(out)
-	h.metrics.duration.Observe(h.now().Sub(start).Seconds())
 }
 
 // Handle decodes one AdmissionReview body, reviews its request and returns the encoded response
@@ -145,7 +101,7 @@ func (h *Handler) Handle(ctx context.Context, body []byte) ([]byte, error) {
 	// a third of the handler's cost. Anything else takes the general path, whose answers name exactly
 	// what is wrong.
 	var fast podReview
-	if unmarshal(body, &fast) == nil && fast.ok() {
+	if inject.Unmarshal(body, &fast) == nil && fast.ok() {
 		req := &fast.Request.AdmissionRequest
 		return EncodeResponse(h.decide(ctx, h.log.WithValues("uid", req.UID, "namespace", req.Namespace), req, fast.Request.Object))
 	}
@@ -154,68 +110,6 @@ func (h *Handler) Handle(ctx context.Context, body []byte) ([]byte, error) {
 		return nil, err
 	}
 	return EncodeResponse(h.Review(ctx, review.Request))
-}
-
-// podReview is an admission.k8s.io/v1 AdmissionReview whose request object is decoded straight
-// into a Pod.
-type podReview struct {
-	metav1.TypeMeta `json:",inline"`
-	Request         *podRequest `json:"request,omitempty"`
-}
-
-// podRequest is an AdmissionRequest whose object is a Pod: the shallower Object field hides the
-// embedded request's raw one.
-type podRequest struct {
-	admissionv1.AdmissionRequest
-	Object *corev1.Pod `json:"object"`
-}
-
-// ok says the review is one the general path would decide by decoding the pod: a v1 review of a
-// pod creation with a request UID and a pod.
-func (r *podReview) ok() bool {
-	gvk := r.GroupVersionKind()
-	return gvk.GroupVersion() == reviewGV && gvk.Kind == "AdmissionReview" && r.Request != nil &&
-		r.Request.UID != "" && r.Request.Object != nil && isPodCreate(&r.Request.AdmissionRequest)
-}
-
-func isPodCreate(req *admissionv1.AdmissionRequest) bool {
-	return req.Kind == podKind && req.Resource == podResource && req.SubResource == "" && req.Operation == admissionv1.Create
-}
-
-// DecodeReview decodes an admission.k8s.io/v1 AdmissionReview with the API machinery's JSON rules
-// (case-sensitive field names) and checks it carries a request.
-func DecodeReview(body []byte) (*admissionv1.AdmissionReview, error) {
-	review := &admissionv1.AdmissionReview{}
-	if err := unmarshal(body, review); err != nil {
-		return nil, fmt.Errorf("request body is not an AdmissionReview: %v", err)
-	}
-	if gv := review.GroupVersionKind(); gv.GroupVersion() != reviewGV || gv.Kind != "AdmissionReview" {
-		return nil, fmt.Errorf("apiVersion %q kind %q not supported; allowed: apiVersion admission.k8s.io/v1, kind AdmissionReview", review.APIVersion, review.Kind)
-	}
-	if review.Request == nil {
-		return nil, errors.New("AdmissionReview has no request")
-	}
-	if review.Request.UID == "" {
-		return nil, errors.New("AdmissionReview request.uid is empty")
-	}
-	return review, nil
-}
-
-// DecodePod decodes the pod in an admission request.
-func DecodePod(raw []byte) (*corev1.Pod, error) {
-	pod := &corev1.Pod{}
-	if err := unmarshal(raw, pod); err != nil {
-		return nil, err
-	}
-	return pod, nil
-}
-
-// EncodeResponse encodes resp in an admission.k8s.io/v1 AdmissionReview.
-func EncodeResponse(resp *admissionv1.AdmissionResponse) ([]byte, error) {
-	return marshal(&admissionv1.AdmissionReview{
-		TypeMeta: metav1.TypeMeta{APIVersion: reviewGV.String(), Kind: "AdmissionReview"},
-		Response: resp,
-	})
 }
 
 // Review decides one admission request.
@@ -230,7 +124,7 @@ func (h *Handler) Review(ctx context.Context, req *admissionv1.AdmissionRequest)
 	if len(req.Object.Raw) == 0 {
 		return h.deny(log.WithValues("pod", podName(req)), req, nil, "request.object: missing; allowed: the Pod being created")
 	}
-	pod, err := DecodePod(req.Object.Raw)
+	pod, err := inject.DecodePod(req.Object.Raw)
 	if err != nil {
 		return h.deny(log.WithValues("pod", podName(req)), req, nil, "request.object: not a valid Pod: "+err.Error())
 	}
@@ -241,7 +135,8 @@ func (h *Handler) Review(ctx context.Context, req *admissionv1.AdmissionRequest)
 func (h *Handler) decide(ctx context.Context, log logr.Logger, req *admissionv1.AdmissionRequest, pod *corev1.Pod) *admissionv1.AdmissionResponse {
 	log = log.WithValues("pod", podNameOf(pod))
 
-	mut, ops, res, err := h.mutate(pod, req.Namespace)
+	out, err := inject.Pod(h.run, pod, req.Namespace)
+	res, ops := out.Result, out.Ops
 	switch {
 	case err != nil && mutators.IsInvalid(err):
 		return h.deny(log, req, pod, err.Error())
@@ -262,7 +157,7 @@ func (h *Handler) decide(ctx context.Context, log logr.Logger, req *admissionv1.
 	}
 	resp := &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}
 	if len(ops) > 0 {
-		patch, err := EncodePatch(ops)
+		patch, err := inject.EncodePatch(ops)
 		if err != nil {
 			return h.internal(log, req, fmt.Errorf("encoding patch: %w", err))
 		}
@@ -276,7 +171,7 @@ func (h *Handler) decide(ctx context.Context, log logr.Logger, req *admissionv1.
 	dryRun := req.DryRun != nil && *req.DryRun
 	if h.registrar != nil && !dryRun {
 		rctx, cancel := context.WithTimeout(ctx, RegistrationTimeout)
-		err := h.registrar.Ensure(rctx, req.Namespace, mut)
+		err := h.registrar.Ensure(rctx, req.Namespace, out.Pod)
 		cancel()
 		if err != nil {
 			return h.registrationFailed(log, req, resp, err)
@@ -286,79 +181,6 @@ func (h *Handler) decide(ctx context.Context, log logr.Logger, req *admissionv1.
 	log.Info("wired", "decision", ResultMutated, "mode", res.Mode, "spiffeID", res.Status.SPIFFEID,
 		"registration", res.Status.Registration, "operations", len(ops), "dryRun", dryRun)
 	return resp
-}
-
-// registrationFailed applies the failure policy when the pod is wired but its namespace's
-// ClusterSPIFFEID could not be ensured: Fail denies the pod; Ignore admits it wired, with a
-// warning, so it gets its identity as soon as the reconciler repairs the registration.
-func (h *Handler) registrationFailed(log logr.Logger, req *admissionv1.AdmissionRequest, wired *admissionv1.AdmissionResponse, err error) *admissionv1.AdmissionResponse {
-	warning := "no SPIRE identity until the registration is repaired: " + err.Error()
-	// A warning is cut at 120 characters: lead with the cause, not the object's name.
-	var ee *registration.EnsureError
-	if errors.As(err, &ee) {
-		warning = fmt.Sprintf("no SPIRE identity until the registration is repaired (%s): %v", ee.Reason, ee.Err)
-	}
-	return h.applyPolicy(log, req, "registration-failed", wired, err, warning)
-}
-
-// mutate runs the chain on pod and returns the patch. A panic in a mutator is an internal fault,
-// not a crash of the server.
-func (h *Handler) mutate(pod *corev1.Pod, namespace string) (mut *corev1.Pod, ops []jsonPatchOp, res mutators.Result, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("panic in mutator chain: %v", r)
-		}
-	}()
-	mut = mutators.CopyForMutation(pod)
-	res, err = h.run(mut, mutators.Request{Namespace: namespace})
-	if err != nil {
-		return nil, nil, res, err
-	}
-	ops, err = Patch(pod, mut)
-	return mut, ops, res, err
-}
-
-// deny refuses a pod for a reason its author can fix. allowed:false rejects whatever the
-// webhook's failurePolicy says.
-func (h *Handler) deny(log logr.Logger, req *admissionv1.AdmissionRequest, pod *corev1.Pod, msg string) *admissionv1.AdmissionResponse {
-	h.metrics.admissions.WithLabelValues(ResultDenied, "invalid-pod").Inc()
-	log.Info("denied", "decision", ResultDenied, "reason", msg)
-	h.event(req, pod, corev1.EventTypeWarning, EventDenied, "spire-mesh-injector: "+msg)
-	return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: false, Result: &metav1.Status{
-		Status: metav1.StatusFailure, Code: http.StatusBadRequest, Reason: metav1.StatusReasonBadRequest,
-		Message: "spire-mesh-injector: " + msg,
-	}}
-}
-
-// internal applies the configured failure policy to a fault that is not the pod author's; under
-// Ignore the pod is admitted unchanged.
-func (h *Handler) internal(log logr.Logger, req *admissionv1.AdmissionRequest, err error) *admissionv1.AdmissionResponse {
-	return h.applyPolicy(log, req, "internal-error", &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, err,
-		"internal error, pod has no SPIRE identity: "+err.Error())
-}
-
-// applyPolicy answers a fault that is not the pod author's as the configured failure policy says:
-// Fail denies the pod with the cause; Ignore admits `admitted` with a warning kubectl shows.
-func (h *Handler) applyPolicy(log logr.Logger, req *admissionv1.AdmissionRequest, reason string, admitted *admissionv1.AdmissionResponse, err error, warning string) *admissionv1.AdmissionResponse {
-	if h.policy == config.FailFail {
-		h.metrics.admissions.WithLabelValues(ResultDenied, reason).Inc()
-		log.Error(err, "denied (failurePolicy Fail)", "decision", ResultDenied, "reason", reason)
-		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: false, Result: &metav1.Status{
-			Status: metav1.StatusFailure, Code: http.StatusInternalServerError, Reason: metav1.StatusReasonInternalError,
-			Message: "spire-mesh-injector: pod not admitted (failurePolicy Fail): " + err.Error(),
-		}}
-	}
-	h.metrics.admissions.WithLabelValues(ResultError, reason).Inc()
-	log.Error(err, "admitted despite the fault (failurePolicy Ignore)", "decision", ResultError, "reason", reason)
-	admitted.Warnings = []string{truncate("spire-mesh-injector: "+warning, maxWarning)}
-	return admitted
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n-3] + "..."
 }
 
 func podName(req *admissionv1.AdmissionRequest) string {

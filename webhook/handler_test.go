@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"gomodules.xyz/jsonpatch/v2"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -71,7 +72,7 @@ func TestReviewWiresAndPatches(t *testing.T) {
 	assert.Equal(t, 1, testutil.CollectAndCount(reg, "spire_mesh_injector_patch_bytes"))
 
 	// The API server reinvokes the webhook on its own output: nothing more to change.
-	resp = review(t, h, podtest.ReviewBody(t, podtest.Request("shop", mustJSON(t, pod))))
+	resp = review(t, h, podtest.ReviewBody(t, podtest.Request("shop", podtest.JSON(t, pod))))
 	require.True(t, resp.Allowed)
 	assert.Nil(t, resp.Patch)
 	assert.Equal(t, 1.0, testutil.ToFloat64(h.metrics.admissions.WithLabelValues(ResultUnchanged, "mesh")))
@@ -111,7 +112,7 @@ func TestReviewDecisions(t *testing.T) {
 			p.Annotations = map[string]string{}
 		}
 		p.Annotations[key] = value
-		return mustJSON(t, p)
+		return podtest.JSON(t, p)
 	}
 	tests := []struct {
 		name        string
@@ -272,18 +273,11 @@ func TestServeHTTPRejectsWhatIsNotAnAdmissionReview(t *testing.T) {
 	}
 }
 
-func decodeOps(t *testing.T, patch []byte) []jsonPatchOp {
+func decodeOps(t *testing.T, patch []byte) []jsonpatch.Operation {
 	t.Helper()
-	var ops []jsonPatchOp
+	var ops []jsonpatch.Operation
 	require.NoError(t, json.Unmarshal(patch, &ops))
 	return ops
-}
-
-func mustJSON(t testing.TB, v any) []byte {
-	t.Helper()
-	b, err := json.Marshal(v)
-	require.NoError(t, err)
-	return b
 }
 
 type fakeRegistrar struct {
@@ -389,8 +383,8 @@ func TestEventsGoToTheController(t *testing.T) {
 	rec := &capturingRecorder{}
 	h, _ := newHandler(t, podtest.Config(t))
 	h.WithRecorder(rec)
-	review(t, h, podtest.ReviewBody(t, podtest.Request("payments", mustJSON(t, owned))))
-	review(t, h, podtest.ReviewBody(t, podtest.Request("payments", mustJSON(t, bare))))
+	review(t, h, podtest.ReviewBody(t, podtest.Request("payments", podtest.JSON(t, owned))))
+	review(t, h, podtest.ReviewBody(t, podtest.Request("payments", podtest.JSON(t, bare))))
 	review(t, h, podtest.ReviewBody(t, podtest.Request("win", windows)))
 	review(t, h, podtest.ReviewBody(t, podtest.Request("payments", podJSON(t, "plain-workload"))))
 	h.run = func(*corev1.Pod, mutators.Request) (mutators.Result, error) {
@@ -437,7 +431,7 @@ func TestOnePassDecodingAnswersAsTheGeneralPath(t *testing.T) {
 		general := h.Review(context.Background(), rv.Request)
 		if len(general.Patch) > 0 {
 			require.NotEmpty(t, fast.Patch, "request %d", i)
-			var a, b []jsonPatchOp
+			var a, b []jsonpatch.Operation
 			require.NoError(t, json.Unmarshal(general.Patch, &a))
 			require.NoError(t, json.Unmarshal(fast.Patch, &b))
 			assert.JSONEq(t, string(podtest.Apply(t, req.Object.Raw, a)), string(podtest.Apply(t, req.Object.Raw, b)), "request %d", i)

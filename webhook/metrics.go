@@ -28,11 +28,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		admissions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "spire_mesh_injector_admissions_total",
-			Help: "Pod admissions handled, by result (mutated, unchanged, skipped, denied, error) and reason (wiring mode, skip reason, or cause).",
+			Help: "Admission reviews answered, by result (mutated, unchanged, skipped, denied, error) and reason (wiring mode, skip reason, or cause). Requests refused before a review could be read are not counted here.",
 		}, []string{"result", "reason"}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "spire_mesh_injector_admission_duration_seconds",
-			Help:    "Time to handle one admission review, from decoded request to encoded response.",
+			Help:    "Time from receiving an admission request to writing its response, every outcome included (HTTP errors too).",
 			Buckets: []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1},
 		}),
 		patchBytes: prometheus.NewHistogram(prometheus.HistogramOpts{

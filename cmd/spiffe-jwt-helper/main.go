@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/jwthelper"
+	"github.com/spire-mesh-injector/spire-mesh-injector/jwthelper/contract"
 	"github.com/spire-mesh-injector/spire-mesh-injector/version"
 )
 
@@ -34,19 +35,19 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	)
 	fs := flag.NewFlagSet("spiffe-jwt-helper", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.SocketAddr, "socket", os.Getenv("SPIFFE_ENDPOINT_SOCKET"), "Workload API address (default: $SPIFFE_ENDPOINT_SOCKET)")
-	fs.Func("audience", "audience to fetch a JWT-SVID for (repeat for several)", func(v string) error {
+	fs.StringVar(&o.SocketAddr, contract.FlagSocket, os.Getenv(contract.EnvEndpointSocket), "Workload API address (default: $"+contract.EnvEndpointSocket+")")
+	fs.Func(contract.FlagAudience, "audience to fetch a JWT-SVID for (repeat for several)", func(v string) error {
 		o.Audiences = append(o.Audiences, v)
 		return nil
 	})
-	fs.StringVar(&o.OutputDir, "output-dir", "/var/run/secrets/spiffe.io/jwt", "directory for <audience>.jwt files and bundle.jwks")
-	fs.StringVar(&mode, "file-mode", "0444", "octal mode of the files written")
-	fs.StringVar(&o.HealthAddr, "health-addr", ":15987", "HTTP address of /ready, /healthz and /metrics")
-	fs.StringVar(&o.ExtAuthzAddr, "ext-authz-addr", "", "serve Envoy's ext_authz gRPC API here (e.g. 127.0.0.1:15988); empty: off")
-	fs.StringVar(&o.ExtAuthzAudience, "ext-authz-audience", "", "audience of the token ext_authz adds to outbound requests")
-	fs.DurationVar(&o.MinBackoff, "min-backoff", time.Second, "first retry delay after a failed fetch")
-	fs.DurationVar(&o.MaxBackoff, "max-backoff", 30*time.Second, "longest retry delay")
-	fs.BoolVar(&showVer, "version", false, "print the version and exit")
+	fs.StringVar(&o.OutputDir, contract.FlagOutputDir, contract.DefaultOutputDir, "directory for <audience>.jwt files and "+contract.BundleFileName)
+	fs.StringVar(&mode, contract.FlagFileMode, contract.DefaultFileMode, "octal mode of the files written")
+	fs.StringVar(&o.HealthAddr, contract.FlagHealthAddr, ":"+strconv.Itoa(contract.DefaultHealthPort), "HTTP address of "+contract.ReadyPath+", "+contract.LivePath+" and "+contract.MetricsPath)
+	fs.StringVar(&o.ExtAuthzAddr, contract.FlagExtAuthzAddr, "", "serve Envoy's ext_authz gRPC API here (e.g. 127.0.0.1:"+strconv.Itoa(contract.DefaultExtAuthzPort)+"); empty: off")
+	fs.StringVar(&o.ExtAuthzAudience, contract.FlagExtAuthzAudience, "", "audience of the token ext_authz adds to outbound requests")
+	fs.DurationVar(&o.MinBackoff, contract.FlagMinBackoff, time.Second, "first retry delay after a failed fetch")
+	fs.DurationVar(&o.MaxBackoff, contract.FlagMaxBackoff, 30*time.Second, "longest retry delay")
+	fs.BoolVar(&showVer, contract.FlagVersion, false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -59,7 +60,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	m, err := strconv.ParseUint(mode, 8, 32)
 	if err != nil {
-		fmt.Fprintf(stderr, "spiffe-jwt-helper: --file-mode %q: not an octal mode such as 0444\n", mode)
+		fmt.Fprintf(stderr, "spiffe-jwt-helper: --%s %q: not an octal mode such as %s\n", contract.FlagFileMode, mode, contract.DefaultFileMode)
 		return 2
 	}
 	o.FileMode = os.FileMode(m)

@@ -23,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	spirev1alpha1 "github.com/spiffe/spire-controller-manager/api/v1alpha1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -30,10 +31,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/yaml"
 
-	spirev1alpha1 "github.com/spiffe/spire-controller-manager/api/v1alpha1"
-
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+	"github.com/spire-mesh-injector/spire-mesh-injector/identity"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 	"github.com/spire-mesh-injector/spire-mesh-injector/server"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
@@ -131,7 +131,7 @@ func run(keep bool, out io.Writer) error {
 	describe(out, plain)
 
 	csid := &spirev1alpha1.ClusterSPIFFEID{}
-	if err := k8s.Get(ctx, types.NamespacedName{Name: registration.Name(demoNamespace)}, csid); err != nil {
+	if err := k8s.Get(ctx, types.NamespacedName{Name: identity.Name(demoNamespace)}, csid); err != nil {
 		return fmt.Errorf("the ClusterSPIFFEID was not created: %w", err)
 	}
 	csid.ManagedFields = nil

@@ -20,6 +20,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+	"github.com/spire-mesh-injector/spire-mesh-injector/jwthelper/contract"
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/podtest"
 )
@@ -64,7 +65,7 @@ func TestWebhookWiringReachesRealSPIRE(t *testing.T) {
 	}{
 		{fixture: "plain-workload", volume: mutators.WorkloadAPIVolume, container: "billing", namespace: "payments",
 			socketPath: func(c *corev1.Container, _ string) string {
-				return strings.TrimPrefix(env(c, mutators.EnvEndpointSocket), "unix://")
+				return strings.TrimPrefix(env(c, contract.EnvEndpointSocket), "unix://")
 			}},
 		{fixture: "native-sidecar", volume: mutators.IstioSocketVolume, container: "istio-proxy", namespace: "shop",
 			socketPath: func(c *corev1.Container, mountPath string) string {

@@ -24,7 +24,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
+	"github.com/spire-mesh-injector/spire-mesh-injector/jwthelper/contract"
 )
 
 // TestJWTHelperAgainstRealSPIRE runs the real spiffe-jwt-helper binary, under a UID of its own, as
@@ -77,14 +77,14 @@ func TestJWTHelperAgainstRealSPIRE(t *testing.T) {
 	require.Eventually(t, func() bool { return status("/ready") == 200 }, 60*time.Second, 100*time.Millisecond, "helper never ready")
 	assert.Equal(t, 200, status("/healthz"))
 
-	bundleFile := filepath.Join(out, annotations.BundleFileName)
+	bundleFile := filepath.Join(out, contract.BundleFileName)
 	require.Eventually(t, func() bool { _, err := os.Stat(bundleFile); return err == nil }, 10*time.Second, 100*time.Millisecond)
 	localBundle, err := jwtbundle.Load(spiffeid.RequireTrustDomainFromString(trustDomain), bundleFile)
 	require.NoError(t, err, "bundle.jwks is a JWKS for the trust domain")
 	// The agent's own view of the bundle, fetched by this process.
 	agentBundles := agentJWTBundles(t)
 	validate := func(aud string) (*jwtsvid.SVID, error) {
-		raw, err := os.ReadFile(filepath.Join(out, annotations.TokenFileName(aud)))
+		raw, err := os.ReadFile(filepath.Join(out, contract.TokenFileName(aud)))
 		if err != nil {
 			return nil, err
 		}
@@ -95,10 +95,10 @@ func TestJWTHelperAgainstRealSPIRE(t *testing.T) {
 		require.NoError(t, err, aud)
 		assert.Equal(t, id, svid.ID, "sub is the SPIFFE ID")
 		assert.Equal(t, []string{aud}, svid.Audience)
-		raw, _ := os.ReadFile(filepath.Join(out, annotations.TokenFileName(aud)))
+		raw, _ := os.ReadFile(filepath.Join(out, contract.TokenFileName(aud)))
 		_, err = jwtsvid.ParseAndValidate(string(raw), localBundle, []string{aud})
 		require.NoError(t, err, "validates against the JWKS the helper wrote")
-		fi, err := os.Stat(filepath.Join(out, annotations.TokenFileName(aud)))
+		fi, err := os.Stat(filepath.Join(out, contract.TokenFileName(aud)))
 		require.NoError(t, err)
 		assert.Equal(t, os.FileMode(0o444), fi.Mode().Perm())
 	}
@@ -173,7 +173,7 @@ func TestJWTHelperAgainstRealSPIRE(t *testing.T) {
 		require.Eventually(t, func() bool { return status("/ready") == 503 }, 2*jwtTTL*time.Second, 100*time.Millisecond)
 		require.Eventually(t, func() bool {
 			for _, aud := range audiences {
-				if _, err := os.Stat(filepath.Join(out, annotations.TokenFileName(aud))); !os.IsNotExist(err) {
+				if _, err := os.Stat(filepath.Join(out, contract.TokenFileName(aud))); !os.IsNotExist(err) {
 					return false
 				}
 			}

@@ -26,6 +26,7 @@ import (
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+	"github.com/spire-mesh-injector/spire-mesh-injector/identity"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 	smiserver "github.com/spire-mesh-injector/spire-mesh-injector/server"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/certs"
@@ -186,7 +187,7 @@ registration:
 		require.NoError(t, k8s.Get(ctx, client.ObjectKeyFromObject(wrong), wrong))
 		assert.Equal(t, spirev1alpha1.ClusterSPIFFEIDStats{}, wrong.Status.Stats, "and no status: nothing tells the user")
 		mine := &spirev1alpha1.ClusterSPIFFEID{}
-		require.NoError(t, k8s.Get(ctx, client.ObjectKey{Name: registration.Name("e2e-shop")}, mine))
+		require.NoError(t, k8s.Get(ctx, client.ObjectKey{Name: identity.Name("e2e-shop")}, mine))
 		assert.Equal(t, 1, mine.Status.Stats.PodsSelected, "ours, with ZTWIM's class, is reconciled and has stats")
 	})
 
@@ -220,7 +221,7 @@ registration:
 		delete(ns.Labels, annotations.InjectionLabel)
 		require.NoError(t, k8s.Update(ctx, ns))
 		require.Eventually(t, func() bool {
-			err := k8s.Get(ctx, client.ObjectKey{Name: registration.Name("e2e-shop")}, &spirev1alpha1.ClusterSPIFFEID{})
+			err := k8s.Get(ctx, client.ObjectKey{Name: identity.Name("e2e-shop")}, &spirev1alpha1.ClusterSPIFFEID{})
 			e, lerr := entryFor(p)()
 			return apierrors.IsNotFound(err) && lerr == nil && e == nil
 		}, 30*time.Second, 200*time.Millisecond)

@@ -33,6 +33,7 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/check"
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+	"github.com/spire-mesh-injector/spire-mesh-injector/identity"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/podtest"
@@ -172,7 +173,7 @@ func newCheckEnv(t *testing.T) *checkEnv {
 func (e *checkEnv) setStats(t *testing.T, stats spirev1alpha1.ClusterSPIFFEIDStats) {
 	t.Helper()
 	var reg *spirev1alpha1.ClusterSPIFFEID
-	eventually(t, "the webhook ensured "+registration.Name(e.ns), func() bool {
+	eventually(t, "the webhook ensured "+identity.Name(e.ns), func() bool {
 		var err error
 		reg, err = getCSID(context.Background(), e.ns)
 		return err == nil
@@ -360,7 +361,7 @@ func TestCheckFindings(t *testing.T) {
 // check tells.
 func TestCheckRegistrationRejectedByParser(t *testing.T) {
 	ns := namespace(t, true, nil)
-	chkCreate(t, &spirev1alpha1.ClusterSPIFFEID{ObjectMeta: metav1.ObjectMeta{Name: registration.Name(ns)},
+	chkCreate(t, &spirev1alpha1.ClusterSPIFFEID{ObjectMeta: metav1.ObjectMeta{Name: identity.Name(ns)},
 		Spec: spirev1alpha1.ClusterSPIFFEIDSpec{SPIFFEIDTemplate: "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace", ClassName: config.DefaultClassName}})
 	p := plainPod(ns, "app", nil)
 	require.NoError(t, k8s.Create(context.Background(), p))

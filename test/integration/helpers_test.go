@@ -20,7 +20,7 @@ import (
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
-	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
+	"github.com/spire-mesh-injector/spire-mesh-injector/identity"
 )
 
 func caPool() *x509.CertPool {
@@ -64,7 +64,7 @@ func plainPod(ns, name string, labels map[string]string) *corev1.Pod {
 
 func getCSID(ctx context.Context, ns string) (*spirev1alpha1.ClusterSPIFFEID, error) {
 	obj := &spirev1alpha1.ClusterSPIFFEID{}
-	err := k8s.Get(ctx, types.NamespacedName{Name: registration.Name(ns)}, obj)
+	err := k8s.Get(ctx, types.NamespacedName{Name: identity.Name(ns)}, obj)
 	return obj, err
 }
 

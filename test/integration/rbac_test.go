@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
+	"github.com/spire-mesh-injector/spire-mesh-injector/identity"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
 )
@@ -116,9 +117,9 @@ func TestTenantCannotReachAnotherIdentity(t *testing.T) {
 	before := &spirev1alpha1.ClusterSPIFFEIDList{}
 	require.NoError(t, k8s.List(ctx, before))
 
-	forged := annotations.Status{Mode: annotations.ModeMesh, SPIFFEID: "spiffe://example.org/ns/" + b + "/sa/admin", Registration: registration.Name(b)}
+	forged := annotations.Status{Mode: annotations.ModeMesh, SPIFFEID: "spiffe://example.org/ns/" + b + "/sa/admin", Registration: identity.Name(b)}
 	attempts := []*corev1.Pod{
-		plainPod(a, "labels", map[string]string{registration.NamespaceLabel: b, registration.ManagedByLabel: registration.ManagedByValue, "kubernetes.io/metadata.name": b, annotations.InjectedLabel: "mesh"}),
+		plainPod(a, "labels", map[string]string{identity.NamespaceLabel: b, identity.ManagedByLabel: identity.ManagedByValue, "kubernetes.io/metadata.name": b, annotations.InjectedLabel: "mesh"}),
 		plainPod(a, "forged-status", nil),
 		plainPod(a, "federates", nil),
 		plainPod(a, "sa-path", nil),
@@ -131,7 +132,7 @@ func TestTenantCannotReachAnotherIdentity(t *testing.T) {
 		st, err := annotations.ParseStatus(p.Annotations[annotations.StatusAnnotation])
 		require.NoError(t, err)
 		assert.Regexp(t, `^spiffe://example\.org/ns/`+a+`/sa/[a-z0-9-]+$`, st.SPIFFEID, p.Name)
-		assert.Equal(t, registration.Name(a), st.Registration, p.Name)
+		assert.Equal(t, identity.Name(a), st.Registration, p.Name)
 	}
 	// A service account name that would climb out of the path is refused outright.
 	climb := plainPod(a, "climb", nil)
@@ -150,7 +151,7 @@ func TestTenantCannotReachAnotherIdentity(t *testing.T) {
 		delete(created, c.Name)
 	}
 	require.Len(t, created, 1, "only namespace A's registration was created")
-	mine, ok := created[registration.Name(a)]
+	mine, ok := created[identity.Name(a)]
 	require.True(t, ok)
 	assert.Equal(t, map[string]string{"kubernetes.io/metadata.name": a}, mine.Spec.NamespaceSelector.MatchLabels)
 	assert.Empty(t, mine.Spec.FederatesWith, "a pod annotation is not a namespace annotation")

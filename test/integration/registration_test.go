@@ -20,6 +20,8 @@ import (
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+	"github.com/spire-mesh-injector/spire-mesh-injector/identity"
+	"github.com/spire-mesh-injector/spire-mesh-injector/jwthelper/contract"
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 )
@@ -39,7 +41,7 @@ func TestPodInOptedInNamespaceIsWiredAndRegistered(t *testing.T) {
 	require.Len(t, stored.Spec.Volumes, 1)
 	assert.Equal(t, mutators.WorkloadAPIVolume, stored.Spec.Volumes[0].Name)
 	assert.Equal(t, "csi.spiffe.io", stored.Spec.Volumes[0].CSI.Driver)
-	assert.Equal(t, []corev1.EnvVar{{Name: mutators.EnvEndpointSocket, Value: "unix:///spiffe-workload-api/spire-agent.sock"}}, stored.Spec.Containers[0].Env)
+	assert.Equal(t, []corev1.EnvVar{{Name: contract.EnvEndpointSocket, Value: "unix:///spiffe-workload-api/spire-agent.sock"}}, stored.Spec.Containers[0].Env)
 	st, err := annotations.ParseStatus(stored.Annotations[annotations.StatusAnnotation])
 	require.NoError(t, err)
 	assert.Equal(t, fmt.Sprintf("spiffe://example.org/ns/%s/sa/sa1", ns), st.SPIFFEID)
@@ -49,7 +51,7 @@ func TestPodInOptedInNamespaceIsWiredAndRegistered(t *testing.T) {
 	require.NoError(t, err)
 	nsObj := &corev1.Namespace{}
 	require.NoError(t, k8s.Get(ctx, types.NamespacedName{Name: ns}, nsObj))
-	assert.Equal(t, map[string]string{registration.ManagedByLabel: registration.ManagedByValue, registration.NamespaceLabel: ns}, csid.Labels)
+	assert.Equal(t, map[string]string{identity.ManagedByLabel: identity.ManagedByValue, identity.NamespaceLabel: ns}, csid.Labels)
 	require.Len(t, csid.OwnerReferences, 1)
 	assert.Equal(t, nsObj.UID, csid.OwnerReferences[0].UID)
 	assert.Equal(t, "Namespace", csid.OwnerReferences[0].Kind)
@@ -177,7 +179,7 @@ func TestConcurrentPodsCreateOneRegistration(t *testing.T) {
 		require.NoError(t, err)
 	}
 	var list spirev1alpha1.ClusterSPIFFEIDList
-	require.NoError(t, k8s.List(ctx, &list, client.MatchingLabels{registration.NamespaceLabel: ns}))
+	require.NoError(t, k8s.List(ctx, &list, client.MatchingLabels{identity.NamespaceLabel: ns}))
 	assert.Len(t, list.Items, 1)
 	assert.Equal(t, errorsBefore, metricSum(t, "spire_mesh_injector_registration_ensures_total", map[string]string{"result": "error"}))
 }

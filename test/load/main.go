@@ -29,14 +29,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	spirev1alpha1 "github.com/spiffe/spire-controller-manager/api/v1alpha1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	spirev1alpha1 "github.com/spiffe/spire-controller-manager/api/v1alpha1"
-
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
-	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
+	"github.com/spire-mesh-injector/spire-mesh-injector/identity"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/benchpod"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/perf"
 )
@@ -149,7 +148,7 @@ func run(rates []int, duration, warmup time.Duration, conns int, out string) err
 		return fmt.Errorf("first admission: %w", err)
 	}
 	if err := perf.Poll(ctx, 30*time.Second, 100*time.Millisecond, "the namespace's ClusterSPIFFEID", func(ctx context.Context) (bool, error) {
-		err := cp.Client.Get(ctx, types.NamespacedName{Name: registration.Name(namespace)}, &spirev1alpha1.ClusterSPIFFEID{})
+		err := cp.Client.Get(ctx, types.NamespacedName{Name: identity.Name(namespace)}, &spirev1alpha1.ClusterSPIFFEID{})
 		return err == nil, nil
 	}); err != nil {
 		return err

@@ -85,3 +85,13 @@ func ApplyOps(js []byte, ops []gjsonpatch.Operation) ([]byte, error) {
 	}
 	return p.Apply(js)
 }
+
+// JSON encodes v, failing the test if it cannot.
+func JSON(t testing.TB, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

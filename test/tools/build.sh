@@ -7,6 +7,8 @@
 #   test/tools/build.sh spire     # prints the folder holding spire-server, spire-agent, spiffe-csi-driver
 #   test/tools/build.sh scm       # prints the folder holding spire-controller-manager
 #   test/tools/build.sh promtool  # prints the folder holding promtool (Prometheus' rule unit tests)
+#   test/tools/build.sh lint      # prints the folder holding staticcheck, govulncheck and vulndb/, Go's
+#                                 # vulnerability database built offline from golang.org/x/vulndb's data
 #   test/tools/build.sh istio     # prints the folder holding istio-injector (Istio's own injection, from
 #                                 # the separate module test/istio) and Istio's SPIRE sample configuration
 #
@@ -19,6 +21,9 @@ SPIRE_VERSION=${SPIRE_VERSION:-1.13.3}
 CSI_VERSION=${CSI_VERSION:-0.2.6}
 SCM_VERSION=${SCM_VERSION:-0.6.4}
 PROMETHEUS_VERSION=${PROMETHEUS_VERSION:-0.316.0}  # the Go module of Prometheus v3.16
+STATICCHECK_VERSION=${STATICCHECK_VERSION:-0.8.2}   # honnef.co/go/tools
+GOVULNCHECK_VERSION=${GOVULNCHECK_VERSION:-1.9.0}   # golang.org/x/vuln
+VULNDB_VERSION=${VULNDB_VERSION:-v0.0.0-20261105234957-e22db6528018}  # golang.org/x/vulndb: the OSV data
 CACHE=${SMI_TOOLS_CACHE:-$HOME/.cache/spire-mesh-injector/tools}
 
 log() { printf 'build.sh: %s\n' "$*" >&2; }
@@ -161,11 +166,33 @@ build_istio() {
   echo "$out"
 }
 
+# build_lint builds staticcheck and govulncheck, and the vulnerability database govulncheck reads
+# with -db file://: vuln.go.dev is not reachable here, but the same OSV records are published in the
+# golang.org/x/vulndb module, whose indexdb command writes them in the database's layout. The folder
+# is named by the three versions; pinning the database's version makes the check repeatable.
+build_lint() {
+  local out="$CACHE/lint-staticcheck-$STATICCHECK_VERSION-govulncheck-$GOVULNCHECK_VERSION-vulndb-${VULNDB_VERSION##*-}"
+  if [[ -x $out/staticcheck && -x $out/govulncheck && -f $out/vulndb/index/db.json ]]; then
+    echo "$out"; return
+  fi
+  log "building staticcheck v$STATICCHECK_VERSION, govulncheck v$GOVULNCHECK_VERSION and the vulnerability database ($VULNDB_VERSION) into $out"
+  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+  build_module "$out.tmp" "honnef.co/go/tools@v$STATICCHECK_VERSION" 0 honnef.co/go/tools/cmd/staticcheck
+  build_module "$out.tmp" "golang.org/x/vuln@v$GOVULNCHECK_VERSION" 0 golang.org/x/vuln/cmd/govulncheck
+  build_module "$out.tmp" "golang.org/x/vulndb@$VULNDB_VERSION" 0 golang.org/x/vulndb/cmd/indexdb
+  local data; data=$(GONOSUMDB=golang.org/x/vulndb moddir "golang.org/x/vulndb@$VULNDB_VERSION")
+  "$out.tmp/indexdb" -vulns "$data/data/osv" -out "$out.tmp/vulndb"
+  rm -f "$out.tmp/indexdb"
+  rm -rf "$out" && mv "$out.tmp" "$out"
+  echo "$out"
+}
+
 case ${1:-} in
   kube) build_kube ;;
   spire) build_spire ;;
   scm) build_scm ;;
   promtool) build_promtool ;;
   istio) build_istio ;;
-  *) echo "usage: $0 kube|spire|scm|promtool|istio" >&2; exit 2 ;;
+  lint) build_lint ;;
+  *) echo "usage: $0 kube|spire|scm|promtool|istio|lint" >&2; exit 2 ;;
 esac

@@ -1,4 +1,4 @@
-package webhook
+package inject
 
 import (
 	"encoding/json"
@@ -125,7 +125,7 @@ func TestPatchLists(t *testing.T) {
 			}
 			require.NoError(t, err)
 			assert.Len(t, ops, tt.ops, "%v", ops)
-			got := podtest.Decode(t, podtest.Apply(t, mustJSON(t, orig), ops))
+			got := podtest.Decode(t, podtest.Apply(t, podtest.JSON(t, orig), ops))
 			assert.True(t, equality.Semantic.DeepEqual(mut, got), "got %v", got.Spec.Containers[0].Env)
 		})
 	}
@@ -145,6 +145,6 @@ func TestPatchEscapesKeys(t *testing.T) {
 		paths[op.Path] = op.Operation
 	}
 	assert.Equal(t, map[string]string{"/metadata/labels/a~1b": "replace", "/metadata/labels/c~0d~1e": "add", "/metadata/labels/keep": "remove"}, paths)
-	got := podtest.Decode(t, podtest.Apply(t, mustJSON(t, orig), ops))
+	got := podtest.Decode(t, podtest.Apply(t, podtest.JSON(t, orig), ops))
 	assert.Equal(t, mut.Labels, got.Labels)
 }

@@ -1,4 +1,4 @@
-package webhook
+package inject
 
 import (
 	"encoding/json"
@@ -34,7 +34,7 @@ func checkChain(t *testing.T, chain *mutators.Chain, pod *corev1.Pod) {
 	}
 	orig := pod
 	snapshot := pod.DeepCopy()
-	mut := mutators.CopyForMutation(pod)
+	mut := copyForMutation(pod)
 	_, err = chain.Run(mut, mutators.Request{Namespace: ns})
 	if !equality.Semantic.DeepEqual(snapshot, orig) {
 		t.Fatalf("a mutator modified the original pod in place:\n%s", cmp.Diff(snapshot, orig))
@@ -63,7 +63,7 @@ func checkChain(t *testing.T, chain *mutators.Chain, pod *corev1.Pod) {
 	if !acceptable(orig) {
 		return
 	}
-	again := mutators.CopyForMutation(got)
+	again := copyForMutation(got)
 	if _, err := chain.Run(again, mutators.Request{Namespace: ns}); err != nil {
 		t.Fatalf("second run fails: %v", err)
 	}
@@ -103,6 +103,9 @@ func acceptable(pod *corev1.Pod) bool {
 	}
 	return len(pod.Spec.Containers) > 0
 }
+
+// fixtures are the golden cases' input pods.
+const fixtures = "../mutators/testdata/"
 
 // FuzzChainJSON feeds pod JSON, seeded with every golden fixture, through the chain.
 func FuzzChainJSON(f *testing.F) {

@@ -1,6 +1,8 @@
-package webhook
+package inject
 
 import (
+	"encoding/json"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -83,7 +85,7 @@ func at(path string, idx int) string { return path + "/" + strconv.Itoa(idx) }
 
 // replaceIfChanged replaces an element that differs. Volumes, env vars and volume mounts hold only
 // strings, booleans and pointers, so == is a cheap exact test when the mutated pod shares the
-// original's pointers (mutators.CopyForMutation); an element a mutator rebuilt is compared by value.
+// original's pointers (copyForMutation); an element a mutator rebuilt is compared by value.
 func replaceIfChanged[T comparable](ops *[]jsonpatch.Operation, path string, idx int, orig, mut *T) error {
 	if *orig != *mut && !equality.Semantic.DeepEqual(orig, mut) {
 		*ops = append(*ops, jsonpatch.NewOperation("replace", at(path, idx), *mut))
@@ -201,4 +203,26 @@ func matcher[T any](list []T, key func(*T) string) func(k string, after int) int
 		}
 		return -1
 	}
+}
+
+// patchOp is a JSON patch operation as it goes on the wire. jsonpatch.Operation's own MarshalJSON
+// marshals each value separately and encoding/json then re-validates and compacts that output:
+// encoding one plain struct slice costs half as much.
+type patchOp struct {
+	Op    string `json:"op"`
+	Path  string `json:"path"`
+	Value any    `json:"value,omitempty"`
+}
+
+// EncodePatch encodes ops as a JSON patch document. A remove carries no value; every other
+// operation carries its value, whatever it is.
+func EncodePatch(ops []jsonpatch.Operation) ([]byte, error) {
+	wire := make([]patchOp, len(ops))
+	for i, op := range ops {
+		wire[i] = patchOp{Op: op.Operation, Path: op.Path, Value: op.Value}
+		if op.Operation != "remove" && op.Value == nil {
+			return nil, fmt.Errorf("patch operation %s %s has no value", op.Operation, op.Path)
+		}
+	}
+	return json.Marshal(wire)
 }

@@ -1,0 +1,70 @@
+package identity
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
+	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+)
+
+// Spec is the ClusterSPIFFEID spec the webhook wants for one namespace, field for field as
+// spire-controller-manager names them. The registration package turns it into the API object and
+// validates it with spire-controller-manager's own parser.
+type Spec struct {
+	SPIFFEIDTemplate     string
+	TTL, JWTTTL          time.Duration
+	DNSNameTemplates     []string
+	AutoPopulateDNSNames bool
+	FederatesWith        []string
+	ClassName            string
+	NamespaceSelector    *metav1.LabelSelector
+	PodSelector          *metav1.LabelSelector
+}
+
+// DesiredSpec is namespace ns's registration spec under cfg. nsAnnotations, the namespace's
+// annotations when known, add per-namespace trust domains to federate with.
+func DesiredSpec(cfg *config.Config, ns string, nsAnnotations map[string]string) (Spec, error) {
+	r := cfg.Registration
+	federates := slices.Clone(r.FederatesWith)
+	if v, ok := nsAnnotations[annotations.FederatesWithAnnotation]; ok {
+		extra, err := annotations.ParseFederatesWith(v)
+		if err != nil {
+			return Spec{}, err
+		}
+		for _, td := range extra {
+			if td == cfg.TrustDomain {
+				return Spec{}, fmt.Errorf("namespace annotation %s: %q is the cluster's own trust domain; allowed: other trust domains", annotations.FederatesWithAnnotation, td)
+			}
+		}
+		federates = append(federates, extra...)
+	}
+	slices.Sort(federates)
+	federates = slices.Compact(federates)
+	return Spec{
+		SPIFFEIDTemplate:     r.SPIFFEIDTemplate,
+		TTL:                  r.TTL.Duration,
+		JWTTTL:               r.JWTTTL.Duration,
+		DNSNameTemplates:     slices.Clone(r.DNSNameTemplates),
+		AutoPopulateDNSNames: r.AutoPopulateDNSNames,
+		FederatesWith:        federates,
+		ClassName:            r.ClassName,
+		NamespaceSelector:    &metav1.LabelSelector{MatchLabels: map[string]string{NamespaceNameLabel: ns}},
+		PodSelector:          WiredPodSelector(),
+	}, nil
+}
+
+// WiredPodSelector selects only pods the webhook wired, and never a pod that opted out: a hand-set
+// label on an opted-out pod (which the webhook never sees) must not attach identity. Every
+// registration the webhook manages carries this same selector.
+func WiredPodSelector() *metav1.LabelSelector {
+	return &metav1.LabelSelector{
+		MatchExpressions: []metav1.LabelSelectorRequirement{
+			{Key: annotations.InjectedLabel, Operator: metav1.LabelSelectorOpIn, Values: []string{string(annotations.ModeMesh), string(annotations.ModeWorkload)}},
+			{Key: annotations.InjectionLabel, Operator: metav1.LabelSelectorOpNotIn, Values: []string{annotations.InjectionDisabled}},
+		},
+	}
+}
