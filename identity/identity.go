@@ -14,6 +14,8 @@ import (
 	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 )
 
 const (
@@ -41,6 +43,13 @@ func Name(ns string) string {
 	sum := sha256.Sum256([]byte(ns))
 	keep := validation.DNS1123SubdomainMaxLength - len(NamePrefix) - 11
 	return NamePrefix + strings.TrimRight(ns[:keep], "-.") + "-" + hex.EncodeToString(sum[:])[:10]
+}
+
+// OptedIn reports whether a namespace with these labels asks for SPIRE identity: the label the
+// webhook's namespaceSelector matches. Only such namespaces get a registration, Events, or anything
+// else the webhook writes.
+func OptedIn(nsLabels map[string]string) bool {
+	return nsLabels[annotations.InjectionLabel] == annotations.InjectionEnabled
 }
 
 // IsManaged reports whether an object with these labels is a ClusterSPIFFEID the webhook manages.

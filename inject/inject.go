@@ -29,8 +29,10 @@ type Outcome struct {
 	// Pod is the wired pod. It shares unchanged parts with the pod given to Pod: read it, never
 	// modify it.
 	Pod *corev1.Pod
-	// Ops turn the pod as received into Pod; empty when nothing changed.
-	Ops []jsonpatch.Operation
+	// Ops turn the pod as received into Pod; empty when nothing changed. Patch is Ops encoded,
+	// at most MaxPatchBytes.
+	Ops   []jsonpatch.Operation
+	Patch []byte
 	// Result is what the chain decided.
 	Result mutators.Result
 }
@@ -53,8 +55,23 @@ func Pod(run Runner, pod *corev1.Pod, namespace string) (out Outcome, err error)
 	if err != nil {
 		return Outcome{}, err
 	}
-	return Outcome{Pod: mut, Ops: ops, Result: res}, nil
+	var patch []byte
+	if len(ops) > 0 {
+		if patch, err = EncodePatch(ops); err != nil {
+			return Outcome{}, err
+		}
+		if len(patch) > MaxPatchBytes {
+			return Outcome{}, mutators.Invalidf("spec: wiring this pod's %d containers takes a JSON patch of %d bytes, over spire-mesh-injector's limit of %d bytes; allowed: pods with fewer containers",
+				len(pod.Spec.InitContainers)+len(pod.Spec.Containers), len(patch), MaxPatchBytes)
+		}
+	}
+	return Outcome{Pod: mut, Ops: ops, Patch: patch, Result: res}, nil
 }
+
+// MaxPatchBytes bounds the patch for one pod. A typical pod takes a few kilobytes; a pod that
+// would take more than this (thousands of containers) is refused rather than answered with a
+// response the API server then has to apply and store.
+const MaxPatchBytes = 1 << 20
 
 // DecodePod decodes a pod (or pod template) given as JSON.
 func DecodePod(raw []byte) (*corev1.Pod, error) {

@@ -1,8 +1,10 @@
 package inject
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -10,8 +12,6 @@ import (
 	"gomodules.xyz/jsonpatch/v2"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
-
-	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
 )
 
 // Patch is the one place where JSON patch operations are made: it compares the pod as it arrived
@@ -23,14 +23,15 @@ import (
 // unavoidable decoding on a typical pod and grows with the pod, on every pod creation in an
 // opted-in namespace; this costs a few microseconds. Why not replace whole containers? An API
 // server newer than our k8s.io/api may send fields our Go types don't know: a replaced subtree
-// would silently drop them. So operations only ever replace subtrees the mutators own outright (a
-// volume, an env var, a volume mount, a container the webhook added). jsonpatch.CreatePatch stays
-// the oracle in tests and fuzzing: both patches applied to the input must give the same pod.
+// would silently drop them. So an element that changed is changed one top-level field at a time
+// (diffFields), never replaced: its unknown fields stay; only elements the webhook adds are added
+// whole. jsonpatch.CreatePatch stays the oracle in tests and fuzzing: both patches applied to the
+// input must give the same pod.
 func Patch(orig, mut *corev1.Pod) ([]jsonpatch.Operation, error) {
 	ops := make([]jsonpatch.Operation, 0, 16)
 	diffMap(&ops, "/metadata/labels", orig.Labels, mut.Labels)
 	diffMap(&ops, "/metadata/annotations", orig.Annotations, mut.Annotations)
-	if err := diffList(&ops, "/spec/volumes", orig.Spec.Volumes, mut.Spec.Volumes, volumeName, replaceIfChanged[corev1.Volume]); err != nil {
+	if err := diffList(&ops, "/spec/volumes", orig.Spec.Volumes, mut.Spec.Volumes, volumeName, diffFields[corev1.Volume]); err != nil {
 		return nil, err
 	}
 	if err := diffList(&ops, "/spec/initContainers", orig.Spec.InitContainers, mut.Spec.InitContainers, containerName, diffContainer); err != nil {
@@ -83,40 +84,81 @@ type elemDiff[T any] func(ops *[]jsonpatch.Operation, path string, idx int, orig
 
 func at(path string, idx int) string { return path + "/" + strconv.Itoa(idx) }
 
-// replaceIfChanged replaces an element that differs. Volumes, env vars and volume mounts hold only
-// strings, booleans and pointers, so == is a cheap exact test when the mutated pod shares the
+// diffFields changes an element that differs field by field: a replace of each top-level field
+// whose value changed, an add of each new one, a remove of each one that is gone. The element
+// itself is never replaced, so fields our Go types do not know (sent by a newer API server) stay
+// as they are, whatever the webhook changed beside them. Volumes, env vars and volume mounts hold
+// only strings, booleans and pointers, so == is a cheap exact test when the mutated pod shares the
 // original's pointers (copyForMutation); an element a mutator rebuilt is compared by value.
-func replaceIfChanged[T comparable](ops *[]jsonpatch.Operation, path string, idx int, orig, mut *T) error {
-	if *orig != *mut && !equality.Semantic.DeepEqual(orig, mut) {
-		*ops = append(*ops, jsonpatch.NewOperation("replace", at(path, idx), *mut))
+func diffFields[T comparable](ops *[]jsonpatch.Operation, path string, idx int, orig, mut *T) error {
+	if *orig == *mut || equality.Semantic.DeepEqual(orig, mut) {
+		return nil
+	}
+	return fieldOps(ops, at(path, idx), orig, mut)
+}
+
+// fieldOps emits the operations that turn the JSON object of orig into that of mut, one per
+// top-level field, in the order of the fields' names.
+func fieldOps(ops *[]jsonpatch.Operation, path string, orig, mut any) error {
+	o, err := fields(orig)
+	if err != nil {
+		return err
+	}
+	m, err := fields(mut)
+	if err != nil {
+		return err
+	}
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		if ov, ok := o[k]; !ok {
+			*ops = append(*ops, jsonpatch.NewOperation("add", path+"/"+escape(k), m[k]))
+		} else if !bytes.Equal(ov, m[k]) {
+			*ops = append(*ops, jsonpatch.NewOperation("replace", path+"/"+escape(k), m[k]))
+		}
+	}
+	for _, k := range slices.Sorted(maps.Keys(o)) {
+		if _, ok := m[k]; !ok {
+			*ops = append(*ops, jsonpatch.NewOperation("remove", path+"/"+escape(k), nil))
+		}
 	}
 	return nil
 }
 
-// diffContainer diffs a container the webhook does not own at the granularity mutators change it
-// (env vars and volume mounts); a container the webhook owns (the JWT helper, which a reinvocation
-// rebuilds) is replaced whole when it changed.
+func fields(v any) (map[string]json.RawMessage, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]json.RawMessage{}
+	return out, json.Unmarshal(b, &out)
+}
+
+// diffContainer diffs a container at the granularity mutators change it: its env vars and volume
+// mounts one by one, and any other field (the JWT helper, which a reinvocation rebuilds, may
+// change in any field) one top-level field at a time.
 func diffContainer(ops *[]jsonpatch.Operation, path string, idx int, orig, mut *corev1.Container) error {
-	if mut.Name == mutators.JWTHelperContainer {
-		if !equality.Semantic.DeepEqual(orig, mut) {
-			*ops = append(*ops, jsonpatch.NewOperation("replace", at(path, idx), *mut))
-		}
-		return nil
-	}
 	envSame, mountsSame := same(orig.Env, mut.Env), same(orig.VolumeMounts, mut.VolumeMounts)
-	if envSame && mountsSame {
-		return nil
-	}
 	cpath := at(path, idx)
+	if o, m := withoutLists(orig), withoutLists(mut); !equality.Semantic.DeepEqual(&o, &m) {
+		if err := fieldOps(ops, cpath, &o, &m); err != nil {
+			return err
+		}
+	}
 	if !envSame {
-		if err := diffList(ops, cpath+"/env", orig.Env, mut.Env, envName, replaceIfChanged[corev1.EnvVar]); err != nil {
+		if err := diffList(ops, cpath+"/env", orig.Env, mut.Env, envName, diffFields[corev1.EnvVar]); err != nil {
 			return err
 		}
 	}
 	if mountsSame {
 		return nil
 	}
-	return diffList(ops, cpath+"/volumeMounts", orig.VolumeMounts, mut.VolumeMounts, mountPath, replaceIfChanged[corev1.VolumeMount])
+	return diffList(ops, cpath+"/volumeMounts", orig.VolumeMounts, mut.VolumeMounts, mountPath, diffFields[corev1.VolumeMount])
+}
+
+// withoutLists is c without the lists diffContainer diffs element by element.
+func withoutLists(c *corev1.Container) corev1.Container {
+	out := *c
+	out.Env, out.VolumeMounts = nil, nil
+	return out
 }
 
 // diffList diffs two lists keyed by key. Elements are matched in order (mutators never reorder

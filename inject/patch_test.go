@@ -2,6 +2,8 @@ package inject
 
 import (
 	"encoding/json"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -14,78 +16,120 @@ import (
 )
 
 // TestPatchKeepsFieldsOurTypesDoNotKnow: an API server newer than our k8s.io/api sends fields we
-// cannot decode. The patch must only touch what the mutators own, so those fields survive.
+// cannot decode. Every operation the builder emits must touch only the fields the mutators change,
+// so those fields survive on every element that is still there: metadata, each volume, each
+// container and init container, each env var and each volume mount, whatever the webhook did to it
+// (a volume turned into the CSI volume, a mount made read-only, an env value replaced). Only what
+// the webhook adds itself carries none. Every golden case is run.
 func TestPatchKeepsFieldsOurTypesDoNotKnow(t *testing.T) {
-	js, _ := podtest.Load(t, fixtures+"jwt-classic-sidecar.yaml")
-	var doc map[string]any
-	require.NoError(t, json.Unmarshal(js, &doc))
-	spec := doc["spec"].(map[string]any)
-	spec["futurePodField"] = map[string]any{"enabled": true}
-	withEnv := map[string]bool{}
-	for _, c := range spec["containers"].([]any) {
-		cm := c.(map[string]any)
-		cm["futureContainerField"] = "kept-" + cm["name"].(string)
-		if env, ok := cm["env"].([]any); ok && len(env) > 0 {
-			env[0].(map[string]any)["futureEnvField"] = "kept"
-			withEnv[cm["name"].(string)] = true
-		}
-		for _, m := range cm["volumeMounts"].([]any) {
-			m.(map[string]any)["futureMountField"] = "kept"
-		}
-	}
-	for _, v := range spec["volumes"].([]any) {
-		vm := v.(map[string]any)
-		if vm["name"] == "istio-data" {
-			vm["futureVolumeField"] = "kept"
-		}
-	}
-	doc["metadata"].(map[string]any)["futureMetaField"] = "kept"
-	js, err := json.Marshal(doc)
+	chain := mutators.NewChain(podtest.Config(t))
+	inputs, err := filepath.Glob(fixtures + "*.yaml")
 	require.NoError(t, err)
-
-	pod := podtest.Decode(t, js)
-	orig := pod.DeepCopy()
-	_, err = mutators.NewChain(podtest.Config(t)).Run(pod, mutators.Request{Namespace: "shop"})
-	require.NoError(t, err)
-	ops, err := Patch(orig, pod)
-	require.NoError(t, err)
-	out := podtest.Apply(t, js, ops)
-
-	var got map[string]any
-	require.NoError(t, json.Unmarshal(out, &got))
-	gspec := got["spec"].(map[string]any)
-	assert.Equal(t, map[string]any{"enabled": true}, gspec["futurePodField"])
-	assert.Equal(t, "kept", got["metadata"].(map[string]any)["futureMetaField"])
-	for _, c := range gspec["containers"].([]any) {
-		cm := c.(map[string]any)
-		if cm["name"] == mutators.JWTHelperContainer {
-			continue // added by the webhook
+	for _, in := range inputs {
+		if strings.HasSuffix(in, ".golden.yaml") {
+			continue
 		}
-		assert.Equal(t, "kept-"+cm["name"].(string), cm["futureContainerField"])
-		if withEnv[cm["name"].(string)] {
-			assert.Equal(t, "kept", cm["env"].([]any)[0].(map[string]any)["futureEnvField"], cm["name"])
-		}
-		for _, m := range cm["volumeMounts"].([]any) {
-			mm := m.(map[string]any)
-			if mm["name"] == mutators.JWTVolume {
-				continue
+		t.Run(filepath.Base(in), func(t *testing.T) {
+			js, _ := podtest.Load(t, in)
+			var doc map[string]any
+			require.NoError(t, json.Unmarshal(js, &doc))
+			mark := func(m map[string]any, what string) { m["futureField"] = "kept-" + what }
+			meta := doc["metadata"].(map[string]any)
+			mark(meta, "metadata")
+			spec := doc["spec"].(map[string]any)
+			mark(spec, "spec")
+			for _, v := range list(spec, "volumes") {
+				mark(v, "volume-"+v["name"].(string))
 			}
-			// The workload-socket mount is changed (readOnly) in place: replaced as a whole, it is
-			// the webhook's to own; every other mount keeps its unknown fields.
-			if mm["name"] != mutators.IstioSocketVolume {
-				assert.Equal(t, "kept", mm["futureMountField"], "%s %s", cm["name"], mm["name"])
+			for _, kind := range []string{"initContainers", "containers"} {
+				for _, c := range list(spec, kind) {
+					name := c["name"].(string)
+					mark(c, kind+"-"+name)
+					for _, e := range list(c, "env") {
+						mark(e, name+"-env-"+e["name"].(string))
+					}
+					for _, m := range list(c, "volumeMounts") {
+						mark(m, name+"-mount-"+m["mountPath"].(string))
+					}
+				}
 			}
-		}
+			js, err := json.Marshal(doc)
+			require.NoError(t, err)
+
+			pod := podtest.Decode(t, js)
+			res, err := Pod(chain.Run, pod, "shop")
+			require.NoError(t, err)
+			out := podtest.Apply(t, js, res.Ops)
+			require.True(t, equality.Semantic.DeepEqual(res.Pod, podtest.Decode(t, out)), "the patch must give the wired pod")
+
+			var got map[string]any
+			require.NoError(t, json.Unmarshal(out, &got))
+			kept := 0
+			check := func(m map[string]any, what string, existed bool) {
+				if !existed {
+					assert.NotContains(t, m, "futureField", "%s was added by the webhook", what)
+					return
+				}
+				assert.Equal(t, "kept-"+what, m["futureField"], "%s lost a field our types do not know", what)
+				kept++
+			}
+			check(got["metadata"].(map[string]any), "metadata", true)
+			gspec := got["spec"].(map[string]any)
+			check(gspec, "spec", true)
+			had := func(kind, name string) bool {
+				for _, x := range list(spec, kind) {
+					if x["name"] == name {
+						return true
+					}
+				}
+				return false
+			}
+			for _, v := range list(gspec, "volumes") {
+				check(v, "volume-"+v["name"].(string), had("volumes", v["name"].(string)))
+			}
+			for _, kind := range []string{"initContainers", "containers"} {
+				for _, c := range list(gspec, kind) {
+					name := c["name"].(string)
+					if !had(kind, name) {
+						check(c, kind+"-"+name, false)
+						continue
+					}
+					check(c, kind+"-"+name, true)
+					var before map[string]any
+					for _, x := range list(spec, kind) {
+						if x["name"] == name {
+							before = x
+						}
+					}
+					for _, e := range list(c, "env") {
+						existed := false
+						for _, b := range list(before, "env") {
+							existed = existed || b["name"] == e["name"]
+						}
+						check(e, name+"-env-"+e["name"].(string), existed)
+					}
+					for _, m := range list(c, "volumeMounts") {
+						existed := false
+						for _, b := range list(before, "volumeMounts") {
+							existed = existed || b["mountPath"] == m["mountPath"]
+						}
+						check(m, name+"-mount-"+m["mountPath"].(string), existed)
+					}
+				}
+			}
+			assert.Greater(t, kept, 2)
+		})
 	}
-	found := false
-	for _, v := range gspec["volumes"].([]any) {
-		if vm := v.(map[string]any); vm["name"] == "istio-data" {
-			found = true
-			assert.Equal(t, "kept", vm["futureVolumeField"])
-		}
+}
+
+// list returns the objects in m[key], a JSON array of objects.
+func list(m map[string]any, key string) []map[string]any {
+	raw, _ := m[key].([]any)
+	out := make([]map[string]any, 0, len(raw))
+	for _, x := range raw {
+		out = append(out, x.(map[string]any))
 	}
-	assert.True(t, found)
-	assert.True(t, equality.Semantic.DeepEqual(pod, podtest.Decode(t, out)))
+	return out
 }
 
 func TestPatchLists(t *testing.T) {

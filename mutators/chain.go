@@ -36,6 +36,10 @@ func invalidf(format string, args ...any) error {
 	return &InvalidError{msg: fmt.Sprintf(format, args...)}
 }
 
+// Invalidf returns an InvalidError: for the layers above the chain (the patch bound) that refuse
+// a pod for its author to fix.
+func Invalidf(format string, args ...any) error { return invalidf(format, args...) }
+
 // IsInvalid reports whether err is (or wraps) an InvalidError.
 func IsInvalid(err error) bool {
 	var ie *InvalidError
@@ -57,7 +61,18 @@ type Result struct {
 	Skipped annotations.SkipReason
 	// Status is the status annotation the pod now carries (zero when skipped by opt-out).
 	Status annotations.Status
+	// Warnings are for the pod's author (admission warnings, which kubectl shows): each short
+	// enough to show whole (MaxWarning).
+	Warnings []string
 }
+
+// Admission warnings: the API server shows a warning of up to MaxAdmissionWarning characters whole,
+// and the webhook starts each with WarningPrefix, so the chain's own are at most MaxWarning long.
+const (
+	WarningPrefix       = "spire-mesh-injector: "
+	MaxAdmissionWarning = 120
+	MaxWarning          = MaxAdmissionWarning - len(WarningPrefix)
+)
 
 // state is one run's parsed view of the pod and what the run has done so far. Everything a
 // mutator needs is parsed into it before any mutator runs.
@@ -69,6 +84,15 @@ type state struct {
 	extAuthz  string // audience the helper's ext_authz mode injects; "" when off
 	prev      annotations.Status
 	status    annotations.Status
+	warnings  []string
+}
+
+// warn records a warning for the pod's author.
+func (s *state) warn(msg string) {
+	if len(msg) > MaxWarning {
+		msg = msg[:MaxWarning-3] + "..."
+	}
+	s.warnings = append(s.warnings, msg)
 }
 
 // mutator is one step of the chain.
@@ -88,6 +112,7 @@ type Chain struct {
 func NewChain(cfg *config.Config) *Chain {
 	return &Chain{cfg: cfg, steps: []mutator{
 		stripPrevious{},  // take back what an earlier invocation added, so the result depends only on the pod's final shape
+		reservedNames{},  // names the webhook owns are not the user's to take
 		istioProxy{},     // mesh pods: Istio's workload-socket becomes the SPIFFE CSI volume
 		workloadSocket{}, // pods without a proxy: the Workload API socket in every app container
 		jwtHelper{},      // pods asking for JWT-SVIDs: the helper sidecar and its token volume
@@ -115,6 +140,7 @@ func (c *Chain) Run(pod *corev1.Pod, req Request) (Result, error) {
 	if pod.Spec.OS != nil && pod.Spec.OS.Name == corev1.Windows {
 		st := annotations.Status{Skipped: annotations.SkipWindows, ConfigVersion: c.cfg.Version()}
 		setAnnotation(pod, annotations.StatusAnnotation, st.Encode())
+		dropInjectedLabel(pod)
 		return Result{Skipped: annotations.SkipWindows, Status: st}, nil
 	}
 	if v, ok := pod.Annotations[annotations.AudienceAnnotation]; ok {
@@ -134,6 +160,7 @@ func (c *Chain) Run(pod *corev1.Pod, req Request) (Result, error) {
 	s.mode = annotations.ModeWorkload
 	if proxy, _, ok := FindContainer(pod, c.cfg.Istio.ProxyContainerName); ok {
 		if awaitingIstio(pod, proxy) {
+			dropInjectedLabel(pod)
 			return Result{Skipped: annotations.SkipAwaitingIstio}, nil
 		}
 		s.mode = annotations.ModeMesh
@@ -149,5 +176,12 @@ func (c *Chain) Run(pod *corev1.Pod, req Request) (Result, error) {
 			return Result{}, fmt.Errorf("mutator %s: %w", m.name(), err)
 		}
 	}
-	return Result{Mode: s.mode, Status: s.status}, nil
+	return Result{Mode: s.mode, Status: s.status, Warnings: s.warnings}, nil
+}
+
+// dropInjectedLabel removes the label the webhook sets on the pods it wires, from a pod it does
+// not wire: set by hand, it would let the namespace's registration select a pod the webhook never
+// wired.
+func dropInjectedLabel(pod *corev1.Pod) {
+	delete(pod.Labels, annotations.InjectedLabel)
 }

@@ -55,12 +55,21 @@ func awaitingIstio(pod *corev1.Pod, proxy *corev1.Container) bool {
 // would never be ready. Istio does not do it for the helper itself, because the helper is added
 // after Istio's injector ran (or taken back and added again when we are reinvoked after it).
 // Nothing is done where the pod turns Istio's rewriting off.
-func probeThroughPilotAgent(pod *corev1.Pod, cfg *config.Config, helper *corev1.Container) error {
+//
+// ISTIO_KUBE_APP_PROBERS given through valueFrom (not Istio's own way) holds the app's probe
+// forwarding, which the webhook can neither read nor merge into: it is left as it is, the helper is
+// probed directly, and the admission warns that under STRICT mutual TLS those probes fail.
+func probeThroughPilotAgent(pod *corev1.Pod, s *state, helper *corev1.Container) error {
 	if pod.Annotations[istioRewriteAnnotation] == "false" {
 		return nil
 	}
-	proxy, _, ok := FindContainer(pod, cfg.Istio.ProxyContainerName)
+	proxy, init, ok := FindContainer(pod, s.cfg.Istio.ProxyContainerName)
 	if !ok {
+		return nil
+	}
+	i := envIndex(proxy, envIstioAppProbers)
+	if i >= 0 && proxy.Env[i].ValueFrom != nil {
+		s.warn(envIstioAppProbers + " uses valueFrom: helper probes not via pilot-agent; STRICT mTLS fails them")
 		return nil
 	}
 	port := int32(istioStatusPort)
@@ -75,11 +84,10 @@ func probeThroughPilotAgent(pod *corev1.Pod, cfg *config.Config, helper *corev1.
 		}
 	}
 	probers := map[string]json.RawMessage{}
-	i := envIndex(proxy, envIstioAppProbers)
 	if i >= 0 && proxy.Env[i].Value != "" {
 		if err := json.Unmarshal([]byte(proxy.Env[i].Value), &probers); err != nil {
 			return invalidf("%s.env[%s]: not the JSON object Istio's injector writes: %v; allowed: Istio's own value",
-				containerField(false, proxy.Name), envIstioAppProbers, err)
+				containerField(init, proxy.Name), envIstioAppProbers, err)
 		}
 	}
 	for kind, p := range map[string]*corev1.Probe{"readyz": helper.ReadinessProbe, "livez": helper.LivenessProbe, "startupz": helper.StartupProbe} {

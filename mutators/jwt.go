@@ -33,9 +33,6 @@ func (jwtHelper) mutate(pod *corev1.Pod, s *state) error {
 	} else if !isTokenVolume(&pod.Spec.Volumes[i]) {
 		return invalidf("spec.volumes[%s]: the name is reserved by spire-mesh-injector for the JWT-SVID token volume; allowed: any other volume name", JWTVolume)
 	}
-	if c, init, ok := FindContainer(pod, JWTHelperContainer); ok {
-		return invalidf("%s: the name is reserved by spire-mesh-injector for the JWT-SVID helper; allowed: any other container name", containerField(init, c.Name))
-	}
 
 	socketVolume := WorkloadAPIVolume
 	if s.mode == annotations.ModeMesh {
@@ -45,7 +42,7 @@ func (jwtHelper) mutate(pod *corev1.Pod, s *state) error {
 		(cfg.JWTHelper.NativeSidecar == config.NativeAuto && hasNativeSidecar(pod))
 	helper := helperContainer(cfg, s.audiences, s.extAuthz, socketVolume, native)
 	if s.mode == annotations.ModeMesh {
-		if err := probeThroughPilotAgent(pod, cfg, &helper); err != nil {
+		if err := probeThroughPilotAgent(pod, s, &helper); err != nil {
 			return err
 		}
 	}

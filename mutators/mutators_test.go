@@ -1,6 +1,8 @@
 package mutators
 
 import (
+	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -61,6 +63,11 @@ func container(t *testing.T, pod *corev1.Pod, name string) *corev1.Container {
 	c, _, ok := FindContainer(pod, name)
 	require.True(t, ok, "container %s", name)
 	return c
+}
+
+func withAudience(p *corev1.Pod, v string) *corev1.Pod {
+	p.Annotations = map[string]string{annotations.AudienceAnnotation: v}
+	return p
 }
 
 func TestIstioProxy(t *testing.T) {
@@ -259,10 +266,6 @@ func TestWorkloadSocket(t *testing.T) {
 }
 
 func TestJWTHelper(t *testing.T) {
-	withAudience := func(p *corev1.Pod, v string) *corev1.Pod {
-		p.Annotations = map[string]string{annotations.AudienceAnnotation: v}
-		return p
-	}
 	tests := []struct {
 		name   string
 		pod    func() *corev1.Pod
@@ -443,8 +446,25 @@ func TestJWTHelper(t *testing.T) {
 	}
 }
 
-// TestStripTakesBackOnlyWhatIsOurs: a status annotation written by hand (or copied from another
-// pod) cannot make the webhook remove anything that is not one of its own reserved items.
+// TestAppProbersFromElsewhereAreKept: ISTIO_KUBE_APP_PROBERS given through valueFrom holds the
+// app's own probe forwarding, which the webhook cannot read or merge into: it is left as it is,
+// the helper is probed directly, and the admission says why.
+func TestAppProbersFromElsewhereAreKept(t *testing.T) {
+	p := withAudience(meshPod(false), "a")
+	proxy := container(t, p, "istio-proxy")
+	ref := corev1.EnvVar{Name: "ISTIO_KUBE_APP_PROBERS", ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{
+		LocalObjectReference: corev1.LocalObjectReference{Name: "probers"}, Key: "probers"}}}
+	proxy.Env = append(proxy.Env, ref)
+	res, err := run(t, podtest.Config(t), p)
+	require.NoError(t, err)
+	proxy = container(t, p, "istio-proxy")
+	assert.Equal(t, ref, proxy.Env[envIndex(proxy, "ISTIO_KUBE_APP_PROBERS")], "the app's probe forwarding is kept")
+	assert.Equal(t, "/ready", container(t, p, JWTHelperContainer).ReadinessProbe.HTTPGet.Path, "probed directly")
+	require.Len(t, res.Warnings, 1)
+	assert.Contains(t, res.Warnings[0], "ISTIO_KUBE_APP_PROBERS")
+	assert.LessOrEqual(t, len(res.Warnings[0]), MaxWarning)
+}
+
 func TestExtAuthzNeedsAudiences(t *testing.T) {
 	p := plainPod()
 	p.Annotations = map[string]string{annotations.ExtAuthzAnnotation: "a"}
@@ -453,6 +473,8 @@ func TestExtAuthzNeedsAudiences(t *testing.T) {
 	assert.True(t, IsInvalid(err))
 }
 
+// TestStripTakesBackOnlyWhatIsOurs: a status annotation written by hand (or copied from another
+// pod) cannot make the webhook remove anything that is not one of its own reserved items.
 func TestStripTakesBackOnlyWhatIsOurs(t *testing.T) {
 	p := plainPod()
 	p.Spec.Volumes = []corev1.Volume{emptyDir("data")}
@@ -469,6 +491,103 @@ func TestStripTakesBackOnlyWhatIsOurs(t *testing.T) {
 	assert.Equal(t, corev1.VolumeMount{Name: "data", MountPath: "/data"}, app.VolumeMounts[0])
 	assert.Equal(t, []corev1.EnvVar{{Name: "LOG_LEVEL", Value: "debug"}, {Name: contract.EnvEndpointSocket, Value: "tcp://127.0.0.1:8081"}}, app.Env)
 	assert.Len(t, p.Spec.Containers, 2)
+}
+
+// TestCopiedStatusKeepsWhatIsTheUsers: a manifest copied from a wired pod carries the status
+// annotation, which lists what the webhook injected there. Only what is exactly what the webhook
+// would inject (name and value, mount and path) is taken back; the user's own values under the
+// same names stay, and a container of the user's with the helper's reserved name is refused.
+func TestCopiedStatusKeepsWhatIsTheUsers(t *testing.T) {
+	cfg := podtest.Config(t)
+	copied := func() *corev1.Pod {
+		p := plainPod()
+		st := annotations.Status{Mode: annotations.ModeWorkload, Volumes: []string{WorkloadAPIVolume},
+			Mounts: map[string][]string{"app": {WorkloadAPIVolume}, "side": {WorkloadAPIVolume}}, Env: map[string][]string{"app": {contract.EnvEndpointSocket}, "side": {contract.EnvEndpointSocket}}}
+		p.Annotations = map[string]string{annotations.StatusAnnotation: st.Encode()}
+		return p
+	}
+	t.Run("the user's socket address under our variable's name", func(t *testing.T) {
+		p := copied()
+		own := corev1.EnvVar{Name: contract.EnvEndpointSocket, Value: "unix:///run/elsewhere/" + cfg.SocketFileName}
+		p.Spec.Containers[0].Env = []corev1.EnvVar{own}
+		_, err := run(t, cfg, p)
+		require.NoError(t, err)
+		assert.Equal(t, []corev1.EnvVar{own}, container(t, p, "app").Env)
+	})
+	t.Run("the user's mount of our volume at a path of theirs", func(t *testing.T) {
+		p := copied()
+		own := corev1.VolumeMount{Name: WorkloadAPIVolume, MountPath: "/custom", ReadOnly: true}
+		p.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{own}
+		_, err := run(t, cfg, p)
+		require.NoError(t, err)
+		assert.Equal(t, []corev1.VolumeMount{own}, container(t, p, "app").VolumeMounts)
+		assert.Equal(t, []corev1.EnvVar{{Name: contract.EnvEndpointSocket, Value: cfg.WorkloadSocketURI("/custom")}}, container(t, p, "app").Env)
+	})
+	t.Run("what the webhook injected is taken back and wired again", func(t *testing.T) {
+		p := copied()
+		for i := range p.Spec.Containers {
+			p.Spec.Containers[i].VolumeMounts = []corev1.VolumeMount{{Name: WorkloadAPIVolume, MountPath: cfg.Workload.MountPath, ReadOnly: true}}
+			p.Spec.Containers[i].Env = []corev1.EnvVar{{Name: contract.EnvEndpointSocket, Value: cfg.WorkloadSocketURI(cfg.Workload.MountPath)}}
+		}
+		p.Spec.Volumes = []corev1.Volume{csiVolume(WorkloadAPIVolume, cfg.CSIDriver)}
+		again := p.DeepCopy()
+		_, err := run(t, cfg, p)
+		require.NoError(t, err)
+		assert.Equal(t, again.Spec.Containers[0].VolumeMounts, container(t, p, "app").VolumeMounts)
+		assert.Equal(t, again.Spec.Containers[0].Env, container(t, p, "app").Env)
+	})
+	for name, audience := range map[string]string{"without an audience": "", "with an audience": "a"} {
+		t.Run("a user container named like the helper, "+name, func(t *testing.T) {
+			p := copied()
+			st, err := annotations.ParseStatus(p.Annotations[annotations.StatusAnnotation])
+			require.NoError(t, err)
+			st.Containers = []string{JWTHelperContainer}
+			p.Annotations[annotations.StatusAnnotation] = st.Encode()
+			if audience != "" {
+				p.Annotations[annotations.AudienceAnnotation] = audience
+			}
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: JWTHelperContainer, Image: "registry.example/their-own:1"})
+			_, err = run(t, cfg, p)
+			require.ErrorContains(t, err, "spec.containers["+JWTHelperContainer+"]: the name is reserved by spire-mesh-injector for the JWT-SVID helper")
+			assert.True(t, IsInvalid(err))
+		})
+	}
+	t.Run("a user container named like the helper in a pod never wired", func(t *testing.T) {
+		p := plainPod()
+		p.Spec.InitContainers = append(p.Spec.InitContainers, corev1.Container{Name: JWTHelperContainer, Image: "registry.example/their-own:1"})
+		_, err := run(t, cfg, p)
+		require.ErrorContains(t, err, "spec.initContainers["+JWTHelperContainer+"]: the name is reserved")
+	})
+}
+
+// TestStatusStaysBounded: the status annotation grows with the containers the webhook wires; it
+// stays within MaxStatusBytes, and with the pod's own annotations within the API server's limit,
+// or the pod is refused with a message naming the webhook's limit, not the API server's.
+func TestStatusStaysBounded(t *testing.T) {
+	cfg := podtest.Config(t)
+	many := func(n int) *corev1.Pod {
+		p := plainPod()
+		p.Spec.Containers = nil
+		for i := range n {
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: fmt.Sprintf("c%d", i)})
+		}
+		return p
+	}
+	p := many(50)
+	_, err := run(t, cfg, p)
+	require.NoError(t, err)
+	assert.Less(t, len(p.Annotations[annotations.StatusAnnotation]), MaxStatusBytes)
+
+	_, err = run(t, cfg, many(2000))
+	require.ErrorContains(t, err, "metadata.annotations[spire-mesh-injector.io/status]: recording what spire-mesh-injector injected into 2001 containers takes")
+	assert.ErrorContains(t, err, fmt.Sprintf("over its limit of %d bytes", MaxStatusBytes))
+	assert.True(t, IsInvalid(err))
+
+	p = plainPod()
+	p.Annotations = map[string]string{"big": strings.Repeat("x", 256<<10-200)}
+	_, err = run(t, cfg, p)
+	require.ErrorContains(t, err, "metadata.annotations: with spire-mesh-injector's status annotation")
+	assert.ErrorContains(t, err, "over the API server's limit of 262144 bytes")
 }
 
 func TestChainDecisions(t *testing.T) {
@@ -506,6 +625,19 @@ func TestChainDecisions(t *testing.T) {
 		st, err := annotations.ParseStatus(p.Annotations[annotations.StatusAnnotation])
 		require.NoError(t, err)
 		assert.Equal(t, annotations.SkipWindows, st.Skipped)
+	})
+	t.Run("a hand-set injected label on a pod the webhook does not wire is removed", func(t *testing.T) {
+		win := plainPod()
+		win.Spec.OS = &corev1.PodOS{Name: corev1.Windows}
+		gw := meshPod(false)
+		container(t, gw, "istio-proxy").Image = IstioImagePlaceholder
+		for name, p := range map[string]*corev1.Pod{"windows": win, "gateway awaiting Istio": gw} {
+			p.Labels = map[string]string{annotations.InjectedLabel: string(annotations.ModeMesh), "app": "x"}
+			res, err := run(t, podtest.Config(t), p)
+			require.NoError(t, err, name)
+			assert.NotEmpty(t, res.Skipped, name)
+			assert.Equal(t, map[string]string{"app": "x"}, p.Labels, name)
+		}
 	})
 	t.Run("status names the identity and the registration", func(t *testing.T) {
 		p := plainPod()

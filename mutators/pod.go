@@ -133,3 +133,18 @@ func (s *state) recordEnv(container, env string) {
 	}
 	s.status.Env[container] = append(s.status.Env[container], env)
 }
+
+// reservedNames refuses a pod that uses a container name the webhook owns. It runs after
+// stripPrevious, which has taken back the webhook's own helper, so what is left is the user's.
+type reservedNames struct{}
+
+func (reservedNames) name() string { return "reserved-names" }
+
+func (reservedNames) handles(*state) bool { return true }
+
+func (reservedNames) mutate(pod *corev1.Pod, _ *state) error {
+	if c, init, ok := FindContainer(pod, JWTHelperContainer); ok {
+		return invalidf("%s: the name is reserved by spire-mesh-injector for the JWT-SVID helper; allowed: any other container name", containerField(init, c.Name))
+	}
+	return nil
+}

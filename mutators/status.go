@@ -29,6 +29,31 @@ func (labelsAndStatus) mutate(pod *corev1.Pod, s *state) error {
 	s.status.Registration = identity.Name(s.namespace)
 	s.status.Audiences = s.audiences
 	s.status.ConfigVersion = s.cfg.Version()
-	setAnnotation(pod, annotations.StatusAnnotation, s.status.Encode())
+	enc := s.status.Encode()
+	if len(enc) > MaxStatusBytes {
+		return invalidf("metadata.annotations[%s]: recording what spire-mesh-injector injected into %d containers takes %d bytes, over its limit of %d bytes; allowed: pods with fewer containers",
+			annotations.StatusAnnotation, len(pod.Spec.InitContainers)+len(pod.Spec.Containers), len(enc), MaxStatusBytes)
+	}
+	setAnnotation(pod, annotations.StatusAnnotation, enc)
+	if n := annotationsSize(pod.Annotations); n > maxAnnotationsBytes {
+		return invalidf("metadata.annotations: with spire-mesh-injector's status annotation (%d bytes) the pod's annotations take %d bytes, over the API server's limit of %d bytes; allowed: smaller annotations",
+			len(enc), n, maxAnnotationsBytes)
+	}
 	return nil
+}
+
+// MaxStatusBytes bounds the status annotation, which lists what the webhook added to each
+// container: a few dozen bytes a container, so about 400 containers.
+const MaxStatusBytes = 32 << 10
+
+// maxAnnotationsBytes is the API server's limit on a pod's annotations, keys and values together
+// (apimachinery's TotalAnnotationSizeLimitB).
+const maxAnnotationsBytes = 256 << 10
+
+func annotationsSize(a map[string]string) int {
+	n := 0
+	for k, v := range a {
+		n += len(k) + len(v)
+	}
+	return n
 }

@@ -38,6 +38,9 @@ const (
 	ReasonConflict   = "Conflict"
 	ReasonInvalid    = "InvalidNamespaceAnnotation"
 	ReasonAPIError   = "APIError"
+	// ReasonNotOptedIn is a skip, not an error: the namespace is not opted in as far as the cache
+	// knows, so nothing is written for it.
+	ReasonNotOptedIn = "NamespaceNotOptedIn"
 )
 
 // EnsureError says why a namespace's ClusterSPIFFEID could not be ensured and what to do about it.
@@ -106,6 +109,14 @@ func (e *Ensurer) ensure(ctx context.Context, ns string, pod *corev1.Pod) error 
 		nsMeta = m
 		return m, nil
 	}
+	// The review may come from anyone who can reach the webhook's port: nothing is written for a
+	// namespace the cluster's own state does not show opted in. A namespace whose label the cache
+	// has not seen yet loses nothing: the reconciler creates its registration once it sees the
+	// label and a wired pod.
+	if !e.servesMeta(getNamespace) {
+		e.metrics.ensures.WithLabelValues("skipped", ReasonNotOptedIn).Inc()
+		return nil
+	}
 	if err := e.checkConflicts(ctx, ns, pod, getNamespace); err != nil {
 		return err
 	}
@@ -158,6 +169,22 @@ func (e *Ensurer) ensure(ctx context.Context, ns string, pod *corev1.Pod) error 
 		return nil, nil
 	})
 	return err
+}
+
+// Serves reports whether namespace ns is opted in and not being deleted, as the cache knows it: the
+// webhook writes nothing (registrations, Events) for any other namespace.
+func (e *Ensurer) Serves(ns string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	return e.servesMeta(func() (*metav1.PartialObjectMetadata, error) {
+		m := namespaceMeta()
+		return m, e.reader.Get(ctx, types.NamespacedName{Name: ns}, m)
+	})
+}
+
+func (e *Ensurer) servesMeta(get func() (*metav1.PartialObjectMetadata, error)) bool {
+	m, err := get()
+	return err == nil && m.DeletionTimestamp == nil && identity.OptedIn(m.Labels)
 }
 
 // checkConflicts refuses a registration that would give pod a second SPIFFE ID: another

@@ -48,7 +48,9 @@ func wiredPod(ns string) *corev1.Pod {
 }
 
 func newEnsurer(t *testing.T, funcs interceptor.Funcs, objs ...client.Object) (*Ensurer, client.Client, *record.FakeRecorder) {
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "n1", UID: "uid-n1", Labels: map[string]string{"kubernetes.io/metadata.name": "n1", "team": "a"}}}
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "n1", UID: "uid-n1", Labels: map[string]string{"kubernetes.io/metadata.name": "n1", "team": "a", annotations.InjectionLabel: annotations.InjectionEnabled}}}
+	off := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "off", UID: "uid-off", Labels: map[string]string{"kubernetes.io/metadata.name": "off"}}}
+	objs = append(objs, off)
 	c := fake.NewClientBuilder().WithScheme(scheme(t)).WithObjects(append(objs, ns)...).
 		WithIndex(&spirev1alpha1.ClusterSPIFFEID{}, ManagedIndex, managedIndexFunc).
 		WithInterceptorFuncs(funcs).Build()
@@ -75,6 +77,28 @@ func TestEnsureCreatesOnceThenReadsOnly(t *testing.T) {
 	require.NoError(t, e.Ensure(context.Background(), "n1", wiredPod("n1")))
 	assert.Equal(t, int32(1), creates.Load(), "steady state: no write")
 	assert.Equal(t, 1.0, testutil.ToFloat64(e.metrics.ensures.WithLabelValues("created", "")))
+}
+
+// TestEnsureWritesNothingForNamespacesNotOptedIn: a review may come from anyone who can reach the
+// webhook's port. For a namespace the cache does not show opted in (not labelled, or unknown), no
+// registration is created and no Event recorded; the skip is counted.
+func TestEnsureWritesNothingForNamespacesNotOptedIn(t *testing.T) {
+	var writes atomic.Int32
+	e, c, rec := newEnsurer(t, interceptor.Funcs{Create: func(ctx context.Context, c client.WithWatch, o client.Object, opts ...client.CreateOption) error {
+		writes.Add(1)
+		return c.Create(ctx, o, opts...)
+	}})
+	for _, ns := range []string{"off", "never-created"} {
+		require.NoError(t, e.Ensure(context.Background(), ns, wiredPod(ns)), ns)
+		assert.False(t, e.Serves(ns), ns)
+	}
+	assert.True(t, e.Serves("n1"))
+	assert.Zero(t, writes.Load())
+	list := &spirev1alpha1.ClusterSPIFFEIDList{}
+	require.NoError(t, c.List(context.Background(), list))
+	assert.Empty(t, list.Items)
+	assert.Empty(t, rec.Events)
+	assert.Equal(t, 2.0, testutil.ToFloat64(e.metrics.ensures.WithLabelValues("skipped", ReasonNotOptedIn)))
 }
 
 func TestEnsureErrorsSayWhatIsMissing(t *testing.T) {

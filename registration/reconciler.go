@@ -3,6 +3,8 @@ package registration
 import (
 	"context"
 	"maps"
+	"sync"
+	"time"
 
 	spirev1alpha1 "github.com/spiffe/spire-controller-manager/api/v1alpha1"
 	corev1 "k8s.io/api/core/v1"
@@ -23,7 +25,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
-	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/identity"
 )
@@ -41,12 +42,24 @@ type Reconciler struct {
 	client   client.Client // reads from the cache, writes to the API server
 	recorder record.EventRecorder
 	metrics  *Metrics
+	now      func() time.Time
+	unused   sync.Map // namespace -> time.Time its registration was first seen without a wired pod
 }
+
+// ReasonNoWiredPods is why a registration was deleted from a namespace that is still opted in.
+const ReasonNoWiredPods = "NoWiredPods"
 
 // NewReconciler returns the reconciler.
 func NewReconciler(cfg *config.Config, c client.Client, recorder record.EventRecorder, metrics *Metrics) *Reconciler {
-	return &Reconciler{cfg: cfg, client: c, recorder: recorder, metrics: metrics}
+	return &Reconciler{cfg: cfg, client: c, recorder: recorder, metrics: metrics, now: time.Now}
 }
+
+// UnusedGrace is how long a registration of an opted-in namespace may go without a wired pod before
+// the reconciler removes it. Admission creates the registration before the pod exists, so the pod
+// must have time to appear, and a rollout may briefly leave no pod; a registration nothing uses
+// (the namespace was scaled to zero, or a review that never became a pod asked for it) does not
+// stay. The next wired pod's admission creates it again before that pod is admitted.
+const UnusedGrace = 2 * time.Minute
 
 // IndexManaged registers ManagedIndex with the manager's cache. Call before the manager starts.
 func IndexManaged(ctx context.Context, mgr manager.Manager) error {
@@ -67,7 +80,7 @@ func WiredPods() *metav1.PartialObjectMetadata {
 }
 
 // SetupWithManager registers the controller: it watches Namespaces (metadata only), the
-// ClusterSPIFFEIDs it manages and the creation of wired pods, keyed by namespace name. Like every
+// ClusterSPIFFEIDs it manages and the creation and deletion of wired pods, keyed by namespace name. Like every
 // controller it runs only on the elected leader, so the webhook can run several replicas.
 func (r *Reconciler) SetupWithManager(mgr manager.Manager) error {
 	byNamespace := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
@@ -78,7 +91,6 @@ func (r *Reconciler) SetupWithManager(mgr manager.Manager) error {
 		For(&corev1.Namespace{}, builder.OnlyMetadata).
 		Watches(&corev1.Pod{}, byNamespace, builder.OnlyMetadata, builder.WithPredicates(predicate.Funcs{
 			UpdateFunc:  func(event.UpdateEvent) bool { return false },
-			DeleteFunc:  func(event.DeleteEvent) bool { return false },
 			GenericFunc: func(event.GenericEvent) bool { return false },
 		})).
 		Watches(&spirev1alpha1.ClusterSPIFFEID{}, handler.EnqueueRequestsFromMapFunc(r.namespacesOf)).
@@ -126,7 +138,8 @@ func (r *Reconciler) namespacesOf(ctx context.Context, o client.Object) []reconc
 func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	ns := req.Name
 	logger := log.FromContext(ctx).WithValues("namespace", ns, "clusterSPIFFEID", identity.Name(ns))
-	result, reason, err := r.reconcile(ctx, ns)
+	var requeue time.Duration
+	result, reason, err := r.reconcile(ctx, ns, &requeue)
 	r.metrics.reconciles.WithLabelValues(result, reason).Inc()
 	if err != nil {
 		logger.Error(err, "reconcile failed", "reason", reason)
@@ -135,10 +148,10 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	if result != "unchanged" {
 		logger.Info("registration reconciled", "result", result, "reason", reason)
 	}
-	return reconcile.Result{}, nil
+	return reconcile.Result{RequeueAfter: requeue}, nil
 }
 
-func (r *Reconciler) reconcile(ctx context.Context, ns string) (result, reason string, err error) {
+func (r *Reconciler) reconcile(ctx context.Context, ns string, requeue *time.Duration) (result, reason string, err error) {
 	nsMeta := namespaceMeta()
 	switch err := r.client.Get(ctx, types.NamespacedName{Name: ns}, nsMeta); {
 	case apierrors.IsNotFound(err):
@@ -146,7 +159,7 @@ func (r *Reconciler) reconcile(ctx context.Context, ns string) (result, reason s
 	case err != nil:
 		return "error", ReasonAPIError, err
 	}
-	want := nsMeta != nil && nsMeta.DeletionTimestamp == nil && nsMeta.Labels[annotations.InjectionLabel] == annotations.InjectionEnabled
+	want := nsMeta != nil && nsMeta.DeletionTimestamp == nil && identity.OptedIn(nsMeta.Labels)
 
 	name := identity.Name(ns)
 	current := &spirev1alpha1.ClusterSPIFFEID{}
@@ -203,6 +216,24 @@ func (r *Reconciler) reconcile(ctx context.Context, ns string) (result, reason s
 		return "created", "", nil
 	}
 
+	wired, err := r.hasWiredPods(ctx, ns)
+	if err != nil {
+		return "error", ReasonAPIError, err
+	}
+	if wired {
+		r.unused.Delete(ns)
+	} else {
+		since, _ := r.unused.LoadOrStore(ns, r.now())
+		if wait := UnusedGrace - r.now().Sub(since.(time.Time)); wait > 0 {
+			*requeue = wait
+		} else {
+			if err := r.client.Delete(ctx, current, client.Preconditions{UID: &current.UID}); err != nil && !apierrors.IsNotFound(err) {
+				return "error", ReasonAPIError, err
+			}
+			r.unused.Delete(ns)
+			return "deleted", ReasonNoWiredPods, nil
+		}
+	}
 	if equality.Semantic.DeepEqual(current.Spec, desired.Spec) && hasLabels(current.Labels, desired.Labels) &&
 		equality.Semantic.DeepEqual(current.OwnerReferences, desired.OwnerReferences) {
 		return "unchanged", "", nil

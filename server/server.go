@@ -40,6 +40,11 @@ type Options struct {
 	Port int
 	// CertDir holds tls.crt and tls.key, reloaded when they change.
 	CertDir string
+	// ClientCAFile, when set, makes the webhook listener require a client certificate signed by
+	// this CA bundle (the API server's, where the cluster lets it present one).
+	ClientCAFile string
+	// InflightBytes bounds the admission request bodies handled at once (0: the default).
+	InflightBytes int64
 	// HealthAddr serves /healthz and /readyz over HTTP; MetricsAddr serves /metrics over HTTPS
 	// ("0" turns it off).
 	HealthAddr, MetricsAddr string
@@ -119,7 +124,7 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	if o.Limits == (Limits{}) {
 		o.Limits = DefaultLimits
 	}
-	hookSrv := newHookServer(o.Host, o.Port, o.CertDir, TLSOptions, o.Limits)
+	hookSrv := newHookServer(o.Host, o.Port, o.CertDir, o.ClientCAFile, TLSOptions, o.Limits, ctrlmetrics.Registry)
 	gracePeriod := 30 * time.Second
 	mgr, err := ctrl.NewManager(o.RestConfig, ctrl.Options{
 		Scheme: registration.Scheme(),
@@ -166,8 +171,12 @@ func Run(ctx context.Context, cfg *config.Config, o Options) error {
 	}
 	ensurer := registration.NewEnsurer(cfg, mgr.GetCache(), mgr.GetClient(), recorder, regMetrics)
 	// GetWebhookServer is what adds the webhook server to the manager's runnables.
-	mgr.GetWebhookServer().Register(webhook.Path,
-		webhook.NewHandler(mutators.NewChain(cfg), ensurer, log.WithName("admission"), webhook.NewMetrics(ctrlmetrics.Registry)).WithRecorder(recorder))
+	handler := webhook.NewHandler(mutators.NewChain(cfg), ensurer, log.WithName("admission"), webhook.NewMetrics(ctrlmetrics.Registry)).
+		WithRecorder(recorder).WithScope(ensurer)
+	if o.InflightBytes > 0 {
+		handler = handler.WithInflightBytes(o.InflightBytes)
+	}
+	mgr.GetWebhookServer().Register(webhook.Path, handler)
 
 	var shuttingDown atomic.Bool
 	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -19,7 +21,8 @@ import (
 
 // TestSlowClientsCannotExhaustTheListener: clients that trickle their headers or their body, or
 // hold connections open, are cut off by the limits, and a well-behaved client is served meanwhile;
-// past MaxConnections, new connections wait rather than exhaust the process.
+// a client holding its share of connections gets no more, and at the cap a new client takes the
+// place of an idle connection; readiness, which needs no connection slot, stays true throughout.
 func TestSlowClientsCannotExhaustTheListener(t *testing.T) {
 	dir := t.TempDir()
 	ca := certs.NewCA(t, "listener test CA")
@@ -29,8 +32,10 @@ func TestSlowClientsCannotExhaustTheListener(t *testing.T) {
 	require.NoError(t, err)
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	limits := Limits{ReadHeaderTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second, IdleTimeout: 2 * time.Second, MaxConnections: 8, MaxHeaderBytes: 4 << 10}
-	srv := newHookServer("127.0.0.1", port, dir, TLSOptions, limits)
+	limits := Limits{ReadHeaderTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second, IdleTimeout: 2 * time.Second,
+		MaxConnections: 8, MaxConnectionsPerClient: 3, MaxHeaderBytes: 4 << 10}
+	reg := prometheus.NewRegistry()
+	srv := newHookServer("", port, dir, "", TLSOptions, limits, reg)
 	srv.Register("/mutate-pods", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, err := io.ReadAll(r.Body)
 		if err != nil {
@@ -46,8 +51,13 @@ func TestSlowClientsCannotExhaustTheListener(t *testing.T) {
 	require.Eventually(t, func() bool { return srv.StartedChecker()(nil) == nil }, 5*time.Second, 20*time.Millisecond)
 
 	addr := "127.0.0.1:" + strconv.Itoa(port)
+	// Each loopback address is another client: 127.0.0.1 plays the API server.
+	dialFrom := func(ip string) (*tls.Conn, error) {
+		d := &net.Dialer{Timeout: 2 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+		return tls.DialWithDialer(d, "tcp", addr, &tls.Config{RootCAs: pool})
+	}
 	dial := func() *tls.Conn {
-		c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool})
+		c, err := dialFrom("127.0.0.9")
 		require.NoError(t, err)
 		return c
 	}
@@ -69,7 +79,8 @@ func TestSlowClientsCannotExhaustTheListener(t *testing.T) {
 	headerTrickler := dial()
 	_, err = headerTrickler.Write([]byte("POST /mutate-pods HTTP/1.1\r\nHost: x\r\n"))
 	require.NoError(t, err)
-	bodyTrickler := dial()
+	bodyTrickler, err := dialFrom("127.0.0.10")
+	require.NoError(t, err)
 	_, err = bodyTrickler.Write([]byte("POST /mutate-pods HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"))
 	require.NoError(t, err)
 	require.NoError(t, post(), "a well-behaved client is served while slow ones hang on")
@@ -90,15 +101,33 @@ func TestSlowClientsCannotExhaustTheListener(t *testing.T) {
 	assert.True(t, closed(headerTrickler), "a client trickling its headers is cut off")
 	assert.True(t, closed(bodyTrickler), "a client trickling its body is cut off")
 
-	// Hold every allowed connection: the next one is not accepted (its handshake cannot even
-	// start), and gets in once the idle ones are cut off.
+	// One client holds its share: its next connection is closed at once, another client is served.
 	var held []*tls.Conn
-	for range limits.MaxConnections {
-		held = append(held, dial())
+	for range limits.MaxConnectionsPerClient {
+		c, err := dialFrom("127.0.0.2")
+		require.NoError(t, err)
+		held = append(held, c)
 	}
-	_, err = tls.DialWithDialer(&net.Dialer{Timeout: 300 * time.Millisecond}, "tcp", addr, &tls.Config{RootCAs: pool})
-	require.Error(t, err, "past MaxConnections a new connection waits")
-	require.NoError(t, post(), "served once the idle connections time out")
+	if c, err := dialFrom("127.0.0.2"); err == nil {
+		assert.True(t, closed(c), "past its share a client's connection is closed")
+	}
+	require.NoError(t, post(), "the API server is served while another client holds its share")
+	assert.Equal(t, 1.0, testutil.ToFloat64(srv.metrics.refused.WithLabelValues("per-client-limit")))
+
+	// Idle clients fill the listener to its cap: a new client takes the place of an idle one.
+	for _, ip := range []string{"127.0.0.3", "127.0.0.4"} {
+		for range limits.MaxConnectionsPerClient {
+			c, err := dialFrom(ip)
+			if err != nil {
+				break
+			}
+			held = append(held, c)
+		}
+	}
+	assert.Equal(t, float64(limits.MaxConnections), testutil.ToFloat64(srv.metrics.open), "the cap is reached")
+	require.NoError(t, srv.StartedChecker()(nil), "readiness does not need a connection slot")
+	require.NoError(t, post(), "at the cap the API server takes an idle connection's place")
+	assert.GreaterOrEqual(t, testutil.ToFloat64(srv.metrics.evicted), 1.0)
 	for _, c := range held {
 		c.Close()
 	}

@@ -2,10 +2,13 @@ package webhook
 
 import (
 	"bytes"
+	"fmt"
+	"io"
 	"net/http/httptest"
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	admissionv1 "k8s.io/api/admission/v1"
@@ -53,7 +56,7 @@ func TestBadInputCatalogue(t *testing.T) {
 			"apiVersion \"\" kind \"\" not supported; allowed: apiVersion admission.k8s.io/v1, kind AdmissionReview\n"},
 		{"7 no request", "POST", "application/json", []byte(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"u","allowed":true}}`), 400, "AdmissionReview has no request\n"},
 		{"8 no uid", "POST", "application/json", []byte(`{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"kind":{"version":"v1","kind":"Pod"}}}`), 400, "AdmissionReview request.uid is empty\n"},
-		{"9 body over 7 MiB", "POST", "application/json", bytes.Repeat([]byte("x"), MaxRequestBytes+1), 413, "request body larger than 7340032 bytes\n"},
+		{"9 body over 7 MiB", "POST", "application/json", bytes.Repeat([]byte("x"), MaxRequestBytes+1), 413, "request body of 7340033 bytes larger than 7340032 bytes\n"},
 		{"10 form-encoded", "POST", "application/x-www-form-urlencoded", []byte("a=b"), 415, "Content-Type \"application/x-www-form-urlencoded\" not supported; allowed: application/json\n"},
 		{"11 PUT", "PUT", "application/json", nil, 405, "method PUT not allowed; allowed: POST\n"},
 	}
@@ -67,6 +70,32 @@ func TestBadInputCatalogue(t *testing.T) {
 			assert.Equal(t, tt.code, rec.Code)
 			assert.Equal(t, tt.body0, rec.Body.String())
 		})
+	}
+	t.Run("9b chunked body over 7 MiB", func(t *testing.T) {
+		rec := httptest.NewRecorder()
+		r := httptest.NewRequest("POST", Path, io.MultiReader(bytes.NewReader(bytes.Repeat([]byte("x"), MaxRequestBytes)), strings.NewReader("x")))
+		r.ContentLength = -1 // no length given: read up to the bound
+		r.Header.Set("Content-Type", "application/json")
+		h.ServeHTTP(rec, r)
+		assert.Equal(t, 413, rec.Code)
+		assert.Equal(t, "request body larger than 7340032 bytes\n", rec.Body.String())
+	})
+	t.Run("9c bodies beyond the bytes in flight are shed", func(t *testing.T) {
+		small, _ := newHandler(t, podtest.Config(t))
+		small.WithInflightBytes(MaxRequestBytes)
+		require.True(t, small.inflight.TryAcquire(1), "one byte of another request in flight")
+		defer small.inflight.Release(1)
+		rec := httptest.NewRecorder()
+		r := httptest.NewRequest("POST", Path, bytes.NewReader(bytes.Repeat([]byte("x"), MaxRequestBytes)))
+		r.Header.Set("Content-Type", "application/json")
+		small.ServeHTTP(rec, r)
+		assert.Equal(t, 503, rec.Code)
+		assert.Equal(t, "1", rec.Header().Get("Retry-After"))
+		assert.Equal(t, "too many admission request bytes in flight; retry\n", rec.Body.String())
+	})
+	// Every refusal is counted by its reason (and logged, at most once a second per reason).
+	for reason, n := range map[string]float64{RefusedNotAReview: 8, RefusedTooLarge: 2, RefusedContentType: 1, RefusedMethod: 1} {
+		assert.Equal(t, n, testutil.ToFloat64(h.metrics.refused.WithLabelValues(reason)), reason)
 	}
 
 	denials := []struct {
@@ -123,6 +152,21 @@ func TestBadInputCatalogue(t *testing.T) {
 			proxy := &p.Spec.Containers[1]
 			proxy.VolumeMounts[0] = corev1.VolumeMount{Name: "istio-data", MountPath: "/var/run/secrets/workload-spiffe-uds"}
 		})), "spec.containers[istio-proxy].volumeMounts: volume \"istio-data\" is mounted at /var/run/secrets/workload-spiffe-uds, where spire-mesh-injector mounts the Workload API socket for pilot-agent; allowed: any other mount path"},
+		{"42 a container of the author's named spiffe-jwt-helper, no audience", in("payments", edit(plain, func(p *corev1.Pod) {
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "spiffe-jwt-helper", Image: "evil/helper"})
+		})), "spec.containers[spiffe-jwt-helper]: the name is reserved by spire-mesh-injector for the JWT-SVID helper; allowed: any other container name"},
+		{"43 a copied status claims the author's container named spiffe-jwt-helper", in("payments", edit(plain, func(p *corev1.Pod) {
+			p.Annotations[annotations.StatusAnnotation] = annotations.Status{Mode: annotations.ModeWorkload, Containers: []string{"spiffe-jwt-helper"}}.Encode()
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "spiffe-jwt-helper", Image: "their/own-helper"})
+		})), "spec.containers[spiffe-jwt-helper]: the name is reserved by spire-mesh-injector for the JWT-SVID helper; allowed: any other container name"},
+		{"44 thousands of containers", in("payments", edit(plain, func(p *corev1.Pod) {
+			for i := range 2000 {
+				p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: fmt.Sprintf("c%d", i), Image: "x"})
+			}
+		})), "metadata.annotations[spire-mesh-injector.io/status]: recording what spire-mesh-injector injected into 2003 containers takes 132229 bytes, over its limit of 32768 bytes; allowed: pods with fewer containers"},
+		{"45 annotations at the API server's limit", in("payments", edit(plain, func(p *corev1.Pod) {
+			p.Annotations["big"] = strings.Repeat("x", 256<<10-100)
+		})), "metadata.annotations: with spire-mesh-injector's status annotation (449 bytes) the pod's annotations take 262525 bytes, over the API server's limit of 262144 bytes; allowed: smaller annotations"},
 	}
 	for _, tt := range denials {
 		t.Run(tt.name, func(t *testing.T) {
@@ -178,6 +222,41 @@ func TestBadInputCatalogue(t *testing.T) {
 		js := podJSON(t, "windows")
 		st := statusOf(wiredAs(t, in("win", js), js))
 		assert.Equal(t, annotations.SkipWindows, st.Skipped)
+	})
+	t.Run("46 a hand-set injected label on a pod the webhook skips is removed", func(t *testing.T) {
+		js := edit(podJSON(t, "windows"), func(p *corev1.Pod) {
+			p.Labels = map[string]string{annotations.InjectedLabel: "mesh"}
+		})
+		p := wiredAs(t, in("win", js), js)
+		assert.NotContains(t, p.Labels, annotations.InjectedLabel)
+	})
+	t.Run("47 a copied status does not take the author's socket address", func(t *testing.T) {
+		own := corev1.EnvVar{Name: "SPIFFE_ENDPOINT_SOCKET", Value: "unix:///run/elsewhere/spire-agent.sock"}
+		js := edit(plain, func(p *corev1.Pod) {
+			p.Annotations[annotations.StatusAnnotation] = annotations.Status{Mode: annotations.ModeWorkload,
+				Env: map[string][]string{p.Spec.Containers[0].Name: {own.Name}}}.Encode()
+			p.Spec.Containers[0].Env = append(p.Spec.Containers[0].Env, own)
+		})
+		p := wiredAs(t, in("payments", js), js)
+		assert.Contains(t, p.Spec.Containers[0].Env, own)
+	})
+	t.Run("48 ISTIO_KUBE_APP_PROBERS from a ConfigMap is kept, with a warning", func(t *testing.T) {
+		js := edit(mesh, func(p *corev1.Pod) {
+			p.Annotations[annotations.AudienceAnnotation] = "api"
+			proxy := &p.Spec.Containers[1]
+			proxy.Env = append(proxy.Env, corev1.EnvVar{Name: "ISTIO_KUBE_APP_PROBERS", ValueFrom: &corev1.EnvVarSource{
+				ConfigMapKeyRef: &corev1.ConfigMapKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "probers"}, Key: "p"}}})
+		})
+		resp := review(t, h, in("shop", js))
+		require.True(t, resp.Allowed)
+		require.Len(t, resp.Warnings, 1)
+		assert.Equal(t, "spire-mesh-injector: ISTIO_KUBE_APP_PROBERS uses valueFrom: helper probes not via pilot-agent; STRICT mTLS fails them", resp.Warnings[0])
+		p := podtest.Decode(t, podtest.Apply(t, js, decodeOps(t, resp.Patch)))
+		for _, e := range p.Spec.Containers[1].Env {
+			if e.Name == "ISTIO_KUBE_APP_PROBERS" {
+				assert.NotNil(t, e.ValueFrom, "kept as the author wrote it")
+			}
+		}
 	})
 	t.Run("41 a hand-set injected label does not skip wiring", func(t *testing.T) {
 		js := edit(plain, func(p *corev1.Pod) { p.Labels[annotations.InjectedLabel] = "mesh" })

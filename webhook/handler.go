@@ -4,15 +4,16 @@
 package webhook
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
+	"golang.org/x/sync/semaphore"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/tools/record"
@@ -30,8 +31,11 @@ const Path = "/mutate-pods"
 // 3 MiB; an AdmissionReview of a pod create carries one object.
 const MaxRequestBytes = 7 << 20
 
-// maxWarning is the longest admission warning the API server shows unshortened.
-const maxWarning = 120
+// DefaultInflightBytes bounds the request bodies being handled at once. Decoding and wiring a pod
+// takes a few times its bytes, so this keeps a replica's admission memory within tens of MiB
+// whatever arrives; a review of the API server's (a few KiB) always finds room, while a burst of
+// maximal bodies is shed (503) beyond it.
+const DefaultInflightBytes = 24 << 20
 
 // RegistrationTimeout bounds the registration ensure inside one admission; the webhook's
 // timeoutSeconds (5) must leave room for it.
@@ -47,17 +51,41 @@ type Registrar interface {
 type Handler struct {
 	run       inject.Runner
 	registrar Registrar
+	scope     Scope
 	policy    config.FailurePolicy
 	log       logr.Logger
 	metrics   *Metrics
 	recorder  record.EventRecorder
+	events    *eventLimiter
 	now       func() time.Time
+	inflight  *semaphore.Weighted
+	refusals  *sampler
+}
+
+// Scope tells which namespaces the webhook serves, from the cluster's own state (the cache), not
+// from what a review says: nothing is written to the API on behalf of a review for a namespace
+// that is not opted in.
+type Scope interface {
+	Serves(namespace string) bool
 }
 
 // NewHandler returns a handler that runs chain, ensures registrations with registrar (nil: none,
 // as in the offline preview) and reports to log and metrics.
 func NewHandler(chain *mutators.Chain, registrar Registrar, log logr.Logger, metrics *Metrics) *Handler {
-	return &Handler{run: chain.Run, registrar: registrar, policy: chain.Config().FailurePolicy, log: log, metrics: metrics, now: time.Now}
+	return &Handler{run: chain.Run, registrar: registrar, policy: chain.Config().FailurePolicy, log: log, metrics: metrics, now: time.Now,
+		inflight: semaphore.NewWeighted(DefaultInflightBytes), refusals: newSampler(time.Second), events: newEventLimiter()}
+}
+
+// WithScope makes the handler record Events only in namespaces scope serves (nil: every one).
+func (h *Handler) WithScope(scope Scope) *Handler {
+	h.scope = scope
+	return h
+}
+
+// WithInflightBytes bounds the request bodies handled at once (DefaultInflightBytes otherwise).
+func (h *Handler) WithInflightBytes(n int64) *Handler {
+	h.inflight = semaphore.NewWeighted(n)
+	return h
 }
 
 // ServeHTTP decodes an AdmissionReview, reviews its request and writes the response review.
@@ -66,30 +94,73 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := h.now()
 	defer func() { h.metrics.duration.Observe(h.now().Sub(start).Seconds()) }()
 	if r.Method != http.MethodPost {
-		http.Error(w, "method "+r.Method+" not allowed; allowed: POST", http.StatusMethodNotAllowed)
+		h.refuse(w, r, RefusedMethod, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed; allowed: POST")
 		return
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "application/json" && !strings.HasPrefix(ct, "application/json;") {
-		http.Error(w, fmt.Sprintf("Content-Type %q not supported; allowed: application/json", ct), http.StatusUnsupportedMediaType)
+		h.refuse(w, r, RefusedContentType, http.StatusUnsupportedMediaType, fmt.Sprintf("Content-Type %q not supported; allowed: application/json", ct))
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxRequestBytes))
-	if err != nil {
+	if r.ContentLength > MaxRequestBytes {
+		h.refuse(w, r, RefusedTooLarge, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body of %d bytes larger than %d bytes", r.ContentLength, MaxRequestBytes))
+		return
+	}
+	// The body's bytes are reserved before they are read: beyond the budget the request is shed
+	// at once, so concurrent large reviews cannot take the process past its memory limit.
+	weight := r.ContentLength
+	if weight < 0 {
+		weight = MaxRequestBytes // chunked: it may be as large as allowed
+	}
+	weight = max(weight, 1)
+	if !h.inflight.TryAcquire(weight) {
+		w.Header().Set("Retry-After", "1")
+		h.refuse(w, r, RefusedShed, http.StatusServiceUnavailable, "too many admission request bytes in flight; retry")
+		return
+	}
+	defer h.inflight.Release(weight)
+	var buf bytes.Buffer
+	if r.ContentLength > 0 {
+		buf.Grow(int(r.ContentLength) + bytes.MinRead)
+	}
+	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, MaxRequestBytes)); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			http.Error(w, fmt.Sprintf("request body larger than %d bytes", MaxRequestBytes), http.StatusRequestEntityTooLarge)
+			h.refuse(w, r, RefusedTooLarge, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", MaxRequestBytes))
 			return
 		}
-		http.Error(w, "reading request body: "+err.Error(), http.StatusBadRequest)
+		h.refuse(w, r, RefusedUnreadable, http.StatusBadRequest, "reading request body: "+err.Error())
 		return
 	}
-	out, err := h.Handle(r.Context(), body)
+	out, err := h.Handle(r.Context(), buf.Bytes())
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+		h.refuse(w, r, RefusedNotAReview, http.StatusBadRequest, err.Error())
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_, _ = w.Write(out)
+}
+
+// Reasons a request is refused before a review could be answered (the requests_refused metric).
+// The API server then applies the webhook's failurePolicy: under Ignore the pod is admitted
+// unwired, and the validating policy (kustomize/components/validating-policy) is what refuses it.
+const (
+	RefusedMethod      = "method"
+	RefusedContentType = "content-type"
+	RefusedTooLarge    = "too-large"
+	RefusedShed        = "shed"
+	RefusedUnreadable  = "unreadable-body"
+	RefusedNotAReview  = "not-a-review"
+)
+
+// refuse answers a request with an HTTP error, counts it, and logs it (at most one line a second
+// per reason, with how many were not logged, so a flood cannot flood the log).
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, reason string, code int, msg string) {
+	h.metrics.refused.WithLabelValues(reason).Inc()
+	if n, ok := h.refusals.allow(reason, h.now()); ok {
+		h.log.Info("request refused", "reason", reason, "status", code, "remoteAddr", r.RemoteAddr,
+			"contentLength", r.ContentLength, "error", truncate(msg, 256), "notLoggedSinceLast", n)
+	}
+	http.Error(w, msg, code)
 }
 
 // Handle decodes one AdmissionReview body, reviews its request and returns the encoded response
@@ -156,14 +227,13 @@ func (h *Handler) decide(ctx context.Context, log logr.Logger, req *admissionv1.
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}
 	}
 	resp := &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}
+	for _, w := range res.Warnings {
+		resp.Warnings = append(resp.Warnings, mutators.WarningPrefix+w)
+	}
 	if len(ops) > 0 {
-		patch, err := inject.EncodePatch(ops)
-		if err != nil {
-			return h.internal(log, req, fmt.Errorf("encoding patch: %w", err))
-		}
 		pt := admissionv1.PatchTypeJSONPatch
-		resp.Patch, resp.PatchType = patch, &pt
-		h.metrics.patchBytes.Observe(float64(len(patch)))
+		resp.Patch, resp.PatchType = out.Patch, &pt
+		h.metrics.patchBytes.Observe(float64(len(out.Patch)))
 	}
 	if res.Skipped != "" {
 		return resp

@@ -402,6 +402,42 @@ func TestEventsGoToTheController(t *testing.T) {
 	assert.Contains(t, rec.events[3].message, "boom")
 }
 
+// servesOnly is a Scope that serves the namespaces listed.
+type servesOnly map[string]bool
+
+func (s servesOnly) Serves(ns string) bool { return s[ns] }
+
+// TestEventsOnlyWhereTheWebhookServes: a review can come from anyone who can reach the port, and
+// its namespace and owner references are theirs to choose. Events are recorded only in namespaces
+// the webhook serves, at most a burst per namespace, with the author's text cut short.
+func TestEventsOnlyWhereTheWebhookServes(t *testing.T) {
+	rec := &capturingRecorder{}
+	h, _ := newHandler(t, podtest.Config(t))
+	h.WithRecorder(rec).WithScope(servesOnly{"payments": true})
+	bad := podtest.Decode(t, podJSON(t, "plain-workload"))
+	var long []string
+	for i := range 8 {
+		long = append(long, fmt.Sprintf("%d%s", i, strings.Repeat("x", 250)))
+	}
+	// The denial quotes the audiences the author wrote: about 2 KB of their text.
+	bad.Annotations = map[string]string{annotations.AudienceAnnotation: strings.Join(long, ","), annotations.ExtAuthzAnnotation: "other"}
+	body := func(ns string) []byte { return podtest.ReviewBody(t, podtest.Request(ns, podtest.JSON(t, bad))) }
+
+	review(t, h, body("kube-system"))
+	assert.Empty(t, rec.events, "no Event in a namespace the webhook does not serve")
+	assert.Equal(t, 1.0, testutil.ToFloat64(h.metrics.events.WithLabelValues("out-of-scope")))
+
+	for range 3 * eventBurst {
+		resp := review(t, h, body("payments"))
+		require.False(t, resp.Allowed, "every pod is still refused")
+	}
+	assert.Len(t, rec.events, eventBurst, "a burst, then rate-limited")
+	assert.Equal(t, float64(2*eventBurst), testutil.ToFloat64(h.metrics.events.WithLabelValues("rate-limited")))
+	for _, e := range rec.events {
+		assert.Len(t, e.message, maxEventMessage, "cut short")
+	}
+}
+
 // TestOnePassDecodingAnswersAsTheGeneralPath: Handle decodes a pod creation in one pass; its
 // answer must be the general path's (review decoded with the object raw, then the pod) for every
 // golden pod, and for requests the one-pass decoding hands over to the general path. Patches are

@@ -18,6 +18,8 @@ const (
 // Metrics are the admission server's Prometheus metrics.
 type Metrics struct {
 	admissions *prometheus.CounterVec
+	refused    *prometheus.CounterVec
+	events     *prometheus.CounterVec
 	duration   prometheus.Histogram
 	patchBytes prometheus.Histogram
 }
@@ -30,6 +32,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "spire_mesh_injector_admissions_total",
 			Help: "Admission reviews answered, by result (mutated, unchanged, skipped, denied, error) and reason (wiring mode, skip reason, or cause). Requests refused before a review could be read are not counted here.",
 		}, []string{"result", "reason"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "spire_mesh_injector_requests_refused_total",
+			Help: "Requests to the admission endpoint refused before a review could be answered, by reason (method, content-type, too-large, shed, unreadable-body, not-a-review). The API server applies the failurePolicy to them.",
+		}, []string{"reason"}),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "spire_mesh_injector_events_dropped_total",
+			Help: "Events the admission handler did not record, by reason: out-of-scope (the namespace is not opted in), rate-limited.",
+		}, []string{"reason"}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "spire_mesh_injector_admission_duration_seconds",
 			Help:    "Time from receiving an admission request to writing its response, every outcome included (HTTP errors too).",
@@ -42,6 +52,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	m.admissions = promutil.Register(reg, m.admissions)
+	m.refused = promutil.Register(reg, m.refused)
+	m.events = promutil.Register(reg, m.events)
 	m.duration = promutil.Register(reg, m.duration)
 	m.patchBytes = promutil.Register(reg, m.patchBytes)
 	return m

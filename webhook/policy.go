@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 )
 
@@ -61,7 +62,7 @@ func (h *Handler) applyPolicy(log logr.Logger, req *admissionv1.AdmissionRequest
 	}
 	h.metrics.admissions.WithLabelValues(ResultError, reason).Inc()
 	log.Error(err, "admitted despite the fault (failurePolicy Ignore)", "decision", ResultError, "reason", reason)
-	admitted.Warnings = []string{truncate("spire-mesh-injector: "+warning, maxWarning)}
+	admitted.Warnings = append(admitted.Warnings, truncate(mutators.WarningPrefix+warning, mutators.MaxAdmissionWarning))
 	return admitted
 }
 

@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -42,6 +44,8 @@ func runServe(args []string, stderr io.Writer) error {
 	fs.IntVar(&o.Port, "port", 9443, "HTTPS port of the admission webhook ("+webhook.Path+")")
 	fs.StringVar(&o.Host, "host", "", "address the webhook listens on (default: all)")
 	fs.StringVar(&o.CertDir, "cert-dir", "/tls", "directory holding the serving certificate tls.crt and key tls.key; reloaded when they change")
+	fs.StringVar(&o.ClientCAFile, "client-ca-file", "", "PEM CA bundle: require admission clients (the API server) to present a certificate it signs; reloaded when it changes (default: no client certificate required)")
+	fs.Int64Var(&o.InflightBytes, "max-inflight-bytes", webhook.DefaultInflightBytes, "admission request bytes handled at once; beyond, requests are answered 503 at once")
 	fs.StringVar(&o.HealthAddr, "health-addr", ":8081", "HTTP address of /healthz and /readyz for the kubelet's probes")
 	fs.StringVar(&o.MetricsAddr, "metrics-addr", ":8443", "HTTPS address of /metrics (same certificate); 0 disables it")
 	fs.DurationVar(&o.ShutdownDelay, "shutdown-delay", 5*time.Second, "on SIGTERM, report not ready for this long before closing the listeners, so the API server stops sending requests first")
@@ -69,9 +73,31 @@ func runServe(args []string, stderr io.Writer) error {
 	if _, set := os.LookupEnv("GOGC"); !set {
 		debug.SetGCPercent(gcPercent)
 	}
+	if err := setMemoryLimit(os.Getenv("MEMORY_LIMIT")); err != nil {
+		return err
+	}
 	zapOpts.DestWriter = stderr
 	o.Log = zap.New(zap.UseFlagOptions(&zapOpts))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	return server.Run(ctx, cfg, o)
+}
+
+// memoryLimitShare is the part of the container's memory limit the Go heap may use before the
+// garbage collector works harder to stay under it; the rest is for what the runtime does not count
+// (stacks, buffers of the kernel's and the TLS library's).
+const memoryLimitShare = 0.8
+
+// setMemoryLimit sets the Go runtime's soft memory limit from MEMORY_LIMIT, the container's limit
+// in bytes as the Deployment passes it (resourceFieldRef limits.memory), unless GOMEMLIMIT is set.
+func setMemoryLimit(limit string) error {
+	if _, set := os.LookupEnv("GOMEMLIMIT"); set || limit == "" {
+		return nil
+	}
+	n, err := strconv.ParseInt(limit, 10, 64)
+	if err != nil || n <= 0 {
+		return fmt.Errorf("MEMORY_LIMIT %q: not a number of bytes; allowed: the container's memory limit in bytes (resourceFieldRef limits.memory)", limit)
+	}
+	debug.SetMemoryLimit(int64(float64(n) * memoryLimitShare))
+	return nil
 }
