@@ -12,7 +12,7 @@ FUZZ_TARGETS := FuzzChainShapes FuzzChainJSON
 # The steps of `make bench`, one per figure of docs/performance.md, in figure order.
 BENCH_STEPS := bench-handler bench-istio bench-load bench-steady bench-scale bench-helper
 
-TOOLS := test/tools/build.sh
+TOOLS := test/fixtures/tools/build.sh
 
 .PHONY: all build test lint unit fuzz-brief fuzz bench $(BENCH_STEPS) example demo tools clean
 

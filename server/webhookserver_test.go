@@ -14,7 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/certs"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/certs"
 )
 
 // TestSlowClientsCannotExhaustTheListener: clients that trickle their headers or their body, or

@@ -1,6 +1,6 @@
 // Command demo is `make demo`: spire-mesh-injector's main job on an embedded default, with no
 // cluster. It starts a local kube-apiserver and etcd (built from the Go module proxy by
-// test/tools/build.sh and cached), installs spire-controller-manager's ClusterSPIFFEID CRD and the
+// test/fixtures/tools/build.sh and cached), installs spire-controller-manager's ClusterSPIFFEID CRD and the
 // webhook exactly as kustomize renders it, runs the webhook server in this process with the
 // built-in configuration, creates an opted-in namespace with an Istio-injected pod (the pod
 // template of docs/examples/istio-injected-deployment.yaml, as Istio's injector leaves it) and a
@@ -36,7 +36,7 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 	"github.com/spire-mesh-injector/spire-mesh-injector/server"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
 )
 
 const demoNamespace = "bookinfo"
@@ -55,7 +55,7 @@ func run(keep bool, out io.Writer) error {
 	defer stop()
 
 	fmt.Fprintln(out, "==> starting kube-apiserver and etcd (local, no cluster needed)")
-	cp, err := kube.Start()
+	cp, err := controlplane.Start()
 	if err != nil {
 		return err
 	}
@@ -75,7 +75,7 @@ func run(keep bool, out io.Writer) error {
 
 	cfg := config.Default()
 	fmt.Fprintf(out, "==> starting the webhook with the built-in configuration (trust domain %s, className %s)\n", cfg.TrustDomain, cfg.Registration.ClassName)
-	health, err := kube.FreePort()
+	health, err := controlplane.FreePort()
 	if err != nil {
 		return err
 	}
@@ -90,7 +90,7 @@ func run(keep bool, out io.Writer) error {
 			Log: zap.New(zap.WriteTo(io.Discard)),
 		})
 	}()
-	if err := kube.WaitReady(ctx, func(ctx context.Context) (int, error) {
+	if err := controlplane.WaitReady(ctx, func(ctx context.Context) (int, error) {
 		select {
 		case err := <-done:
 			return 0, fmt.Errorf("webhook server stopped: %w", err)
@@ -168,7 +168,7 @@ func run(keep bool, out io.Writer) error {
 
 // istioInjectedPod is the pod template of the shipped example Deployment as a pod.
 func istioInjectedPod() (*corev1.Pod, error) {
-	raw, err := os.ReadFile(filepath.Join(kube.Root(), "docs", "examples", "istio-injected-deployment.yaml"))
+	raw, err := os.ReadFile(filepath.Join(controlplane.Root(), "docs", "examples", "istio-injected-deployment.yaml"))
 	if err != nil {
 		return nil, err
 	}

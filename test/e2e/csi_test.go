@@ -21,7 +21,7 @@ import (
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/podtest"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/podtest"
 )
 
 // TestWebhookWiringReachesRealSPIRE takes the CSI volume the webhook puts into a pod, publishes it

@@ -18,7 +18,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"github.com/stretchr/testify/require"
 
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
 )
 
 // requireRoot skips tests that must act as the kubelet (mounts) or run a workload as another
@@ -42,7 +42,7 @@ func helperBinary(t *testing.T) string {
 	buildOnce.Do(func() {
 		helperBin = filepath.Join(workDir, "spiffe-jwt-helper")
 		cmd := exec.Command("go", "build", "-o", helperBin, "./cmd/spiffe-jwt-helper")
-		cmd.Dir = kube.Root()
+		cmd.Dir = controlplane.Root()
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("building the helper: %w: %s", err, out)
@@ -106,7 +106,7 @@ func waitSVID(t *testing.T, addr string, id spiffeid.ID) *x509svid.SVID {
 
 func freePort(t *testing.T) int {
 	t.Helper()
-	p, err := kube.FreePort()
+	p, err := controlplane.FreePort()
 	require.NoError(t, err)
 	return p
 }

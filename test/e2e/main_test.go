@@ -1,5 +1,5 @@
 // Package e2e holds the tests that run real SPIRE: a spire-server and spire-agent built from the Go
-// module proxy (test/tools/build.sh spire), the real spiffe-csi-driver, and the JWT-SVID helper.
+// module proxy (test/fixtures/tools/build.sh spire), the real spiffe-csi-driver, and the JWT-SVID helper.
 // The kubelet cannot run here: where a pod's volume must be published, the test calls the CSI
 // driver's NodePublishVolume itself, as the kubelet would (as root), and names it a stand-in.
 package e2e
@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/spire"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/tools"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/spire"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/tools"
 )
 
 const trustDomain = "example.org"

@@ -28,10 +28,10 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 	smiserver "github.com/spire-mesh-injector/spire-mesh-injector/server"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/certs"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/spire"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/tools"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/certs"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/spire"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/tools"
 )
 
 // ZTWIM configures spire-controller-manager with its class, the cluster name, a k8s_psat parent ID
@@ -50,7 +50,7 @@ const (
 func TestRegistrationsBecomeSPIREEntries(t *testing.T) {
 	scmBin := scmBinary(t)
 	tools.Require(t, "SMI_REQUIRE_ENVTEST", "KUBEBUILDER_ASSETS", "kube", "kube-apiserver", "etcd", "kubectl")
-	cp, err := kube.Start()
+	cp, err := controlplane.Start()
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = cp.Stop() })
 	ctx, cancel := context.WithCancel(context.Background())
@@ -227,7 +227,7 @@ registration:
 	})
 }
 
-// scmBinary is spire-controller-manager built by `test/tools/build.sh scm` (SCM_ASSETS).
+// scmBinary is spire-controller-manager built by `test/fixtures/tools/build.sh scm` (SCM_ASSETS).
 func scmBinary(t *testing.T) string {
 	return filepath.Join(tools.Require(t, "SMI_REQUIRE_SPIRE", "SCM_ASSETS", "scm", "spire-controller-manager"), "spire-controller-manager")
 }
@@ -252,7 +252,7 @@ func (l *logBuffer) String() string {
 	return tail(l.buf.String(), 6000)
 }
 
-func startSCM(t *testing.T, bin string, cp *kube.ControlPlane, s *spire.Server) *logBuffer {
+func startSCM(t *testing.T, bin string, cp *controlplane.ControlPlane, s *spire.Server) *logBuffer {
 	t.Helper()
 	dir := filepath.Join(workDir, "scm")
 	require.NoError(t, os.MkdirAll(dir, 0o700))

@@ -1,6 +1,6 @@
 // Command helpercost is figure 6 of `make bench`: what the JWT-SVID helper sidecar costs each pod
-// that asks for tokens. It starts a real spire-server and spire-agent (test/spire, built by
-// `test/tools/build.sh spire`), builds cmd/spiffe-jwt-helper as shipped, and runs it twice, each
+// that asks for tokens. It starts a real spire-server and spire-agent (test/fixtures/spire, built by
+// `test/fixtures/tools/build.sh spire`), builds cmd/spiffe-jwt-helper as shipped, and runs it twice, each
 // time under a UID of its own (the unix workload attestor's selector tells the runs apart) with
 // several audiences, as the webhook configures it:
 //
@@ -33,9 +33,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/spire"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/perf"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/spire"
 )
 
 const trustDomain = "example.org"
@@ -172,7 +172,7 @@ func measure(ctx context.Context, server *spire.Server, agent *spire.Agent, bin,
 	if err := os.Chown(dir, uid, uid); err != nil {
 		return Run{}, err
 	}
-	health, err := kube.FreePort()
+	health, err := controlplane.FreePort()
 	if err != nil {
 		return Run{}, err
 	}

@@ -34,8 +34,8 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/check"
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/podtest"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/podtest"
 )
 
 var checkCRDs sync.Once
@@ -115,7 +115,7 @@ func newCheckEnv(t *testing.T) *checkEnv {
 	// The webhook configuration as kustomize renders it, pointed at a Service with a ready
 	// endpoint, and made inert (its objectSelector matches no pod) so that it changes nothing
 	// for the suite: the suite's own configuration keeps calling the real webhook.
-	mwc, err := kube.WebhookConfiguration("https://unused", cp.CA)
+	mwc, err := controlplane.WebhookConfiguration("https://unused", cp.CA)
 	require.NoError(t, err)
 	mwc.Name = e.mwc
 	for i := range mwc.Webhooks {
@@ -416,7 +416,7 @@ func TestCheckReadsTheWebhookConfiguration(t *testing.T) {
 func TestCheckRBACIsReadOnlyAndSufficient(t *testing.T) {
 	installCheckCRDs(t)
 	ctx := context.Background()
-	y, err := kube.Kustomize(filepath.Join(kube.Root(), "kustomize", "check"))
+	y, err := controlplane.Kustomize(filepath.Join(controlplane.Root(), "kustomize", "check"))
 	require.NoError(t, err)
 	var kinds []string
 	for _, doc := range bytes.Split(y, []byte("\n---\n")) {
@@ -529,7 +529,7 @@ func chkRef[T any](v T) *T { return &v }
 // chkModuleDir is a module's folder in the module cache.
 func chkModuleDir(module string) (string, error) {
 	cmd := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", module)
-	cmd.Dir = kube.Root()
+	cmd.Dir = controlplane.Root()
 	out, err := cmd.Output()
 	if err != nil {
 		return "", fmt.Errorf("locating %s in the module cache: %w", module, err)

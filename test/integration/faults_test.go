@@ -21,7 +21,7 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 	"github.com/spire-mesh-injector/spire-mesh-injector/server"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
 )
 
 // TestCertificateRotationUnderLoad runs a replica with a certificate of its own CA, registered
@@ -85,7 +85,7 @@ func TestCertificateRotationUnderLoad(t *testing.T) {
 // creates the missing registration without anyone touching the pod.
 func TestRegistrationRepairedAfterCRDOutage(t *testing.T) {
 	ctx := context.Background()
-	crdDir, err := kube.SCMCRDDir()
+	crdDir, err := controlplane.SCMCRDDir()
 	require.NoError(t, err)
 	scheme := registration.Scheme()
 	require.NoError(t, apiextensionsv1.AddToScheme(scheme))

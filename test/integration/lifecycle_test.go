@@ -19,8 +19,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/server"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/certs"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/podtest"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/certs"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/podtest"
 	"github.com/spire-mesh-injector/spire-mesh-injector/webhook"
 )
 

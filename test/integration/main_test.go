@@ -26,12 +26,12 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 	"github.com/spire-mesh-injector/spire-mesh-injector/server"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/tools"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/tools"
 )
 
 var (
-	cp         *kube.ControlPlane
+	cp         *controlplane.ControlPlane
 	k8s        client.Client
 	healthURL  string
 	metricsURL string
@@ -46,7 +46,7 @@ func TestMain(m *testing.M) {
 
 func run(m *testing.M) int {
 	var err error
-	cp, err = kube.Start()
+	cp, err = controlplane.Start()
 	if errors.Is(err, tools.ErrNotBuilt) && os.Getenv("SMI_REQUIRE_ENVTEST") == "" {
 		fmt.Println("SKIP: the envtest suite needs a control plane:", err)
 		return 0
@@ -85,7 +85,7 @@ func run(m *testing.M) int {
 			Log: zap.New(zap.WriteTo(os.Stderr), zap.Level(zapLevel())),
 		})
 	}()
-	if err := kube.WaitReady(ctx, getStatus(healthURL+"/readyz")); err != nil {
+	if err := controlplane.WaitReady(ctx, getStatus(healthURL+"/readyz")); err != nil {
 		fmt.Println("server:", err, verboseReadyz())
 		return 1
 	}
@@ -135,7 +135,7 @@ func verboseReadyz() string {
 }
 
 func freePort() int {
-	p, err := kube.FreePort()
+	p, err := controlplane.FreePort()
 	if err != nil {
 		panic(err)
 	}

@@ -21,14 +21,14 @@ import (
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
 )
 
 // installBaseRBAC creates the service account and RBAC objects exactly as kustomize/base renders
 // them.
 func installBaseRBAC(t *testing.T) {
 	t.Helper()
-	y, err := kube.Kustomize(filepath.Join(kube.Root(), "kustomize", "base"))
+	y, err := controlplane.Kustomize(filepath.Join(controlplane.Root(), "kustomize", "base"))
 	require.NoError(t, err)
 	decoder := serializer.NewCodecFactory(clientgoscheme.Scheme).UniversalDeserializer()
 	for _, doc := range bytes.Split(y, []byte("\n---\n")) {

@@ -16,8 +16,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/server"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/certs"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/certs"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
 )
 
 // replica is another replica of the real server, with a serving certificate of its own CA (so a
@@ -50,9 +50,9 @@ func startReplica(t *testing.T, restCfg *rest.Config, leaseNS, label string) *re
 		done <- err
 	}()
 	t.Cleanup(func() { cancel(); <-done })
-	require.NoError(t, kube.WaitReady(ctx, getStatus("http://127.0.0.1:"+strconv.Itoa(health)+"/readyz")))
+	require.NoError(t, controlplane.WaitReady(ctx, getStatus("http://127.0.0.1:"+strconv.Itoa(health)+"/readyz")))
 
-	mwc, err := kube.WebhookConfiguration(fmt.Sprintf("https://127.0.0.1:%d", r.port), r.ca.PEM)
+	mwc, err := controlplane.WebhookConfiguration(fmt.Sprintf("https://127.0.0.1:%d", r.port), r.ca.PEM)
 	require.NoError(t, err)
 	mwc.Name = "spire-mesh-injector-" + label
 	fail := admissionregistrationv1.Fail

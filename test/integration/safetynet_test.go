@@ -16,7 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
 )
 
 // TestValidatingPolicySafetyNet installs the validating-policy component as the cert-manager
@@ -25,7 +25,7 @@ import (
 // once the webhook is back, pods are wired and admitted again.
 func TestValidatingPolicySafetyNet(t *testing.T) {
 	ctx := context.Background()
-	y, err := kube.Kustomize(filepath.Join(kube.Root(), "kustomize", "overlays", "cert-manager"))
+	y, err := controlplane.Kustomize(filepath.Join(controlplane.Root(), "kustomize", "overlays", "cert-manager"))
 	require.NoError(t, err)
 	decoder := serializer.NewCodecFactory(clientgoscheme.Scheme).UniversalDeserializer()
 	var installed []client.Object

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Figure 2 of `make bench`: Istio's own injection webhook handler (test/istio: istio.io/istio's
 # pkg/kube/inject with the default profile's templates and values) against spire-mesh-injector's
-# handler, on the same pods (test/benchpod: the typical post-Istio pod and its 64 KB enlargement;
+# handler, on the same pods (test/fixtures/benchpod: the typical post-Istio pod and its 64 KB enlargement;
 # Istio gets each with its injection taken off). Both benchmark binaries are built first, then run
 # one after the other, round by round, so that both see the same machine; the ratio of the medians
 # is reported.

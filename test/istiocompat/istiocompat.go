@@ -1,6 +1,6 @@
 // Package istiocompat checks spire-mesh-injector against Istio's real injector: the istio-injector
 // program of the separate module test/istio (Istio's own pkg/kube/inject with the templates Istio's
-// installer renders), built and cached by `test/tools/build.sh istio`. This package runs it, holds
+// installer renders), built and cached by `test/fixtures/tools/build.sh istio`. This package runs it, holds
 // the corpus of workloads, and compares results; the envtest suite uses it too.
 package istiocompat
 
@@ -21,7 +21,7 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/tools"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/tools"
 )
 
 // Injector is the folder build.sh istio prints: istio-injector and Istio's SPIRE sample config.

@@ -1,8 +1,8 @@
 // Command load is figure 3 of `make bench`: the real `serve` binary over HTTPS at fixed admission
-// rates. It starts a kube-apiserver and etcd (test/kube), builds and starts `spire-mesh-injector
+// rates. It starts a kube-apiserver and etcd (test/fixtures/controlplane), builds and starts `spire-mesh-injector
 // serve` as a process with a serving certificate and a kubeconfig, lets one admission create the
 // namespace's ClusterSPIFFEID and waits for it (the steady state every later admission is in), then
-// POSTs AdmissionReviews of the typical post-Istio pod (test/benchpod's, the one
+// POSTs AdmissionReviews of the typical post-Istio pod (test/fixtures/benchpod's, the one
 // BenchmarkAdmission calls "typical") open-loop at each rate for a fixed time, over a few
 // kept-alive connections as the API server does, and reports p50/p99 latency, achieved throughput
 // and errors per rate.
@@ -37,7 +37,7 @@ import (
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/benchpod"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/benchpod"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/perf"
 )
 

@@ -11,17 +11,17 @@ import (
 	"github.com/stretchr/testify/require"
 	"sigs.k8s.io/yaml"
 
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/tools"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/tools"
 )
 
 // TestAlerts runs Prometheus' own rule unit tests (promtool test rules, promtool built from the Go
-// module proxy by test/tools/build.sh promtool) on the alerts of kustomize/components/monitoring,
+// module proxy by test/fixtures/tools/build.sh promtool) on the alerts of kustomize/components/monitoring,
 // with testdata/alerts.test.yaml: every alert fires on the series that should fire it and stays
 // quiet otherwise.
 func TestAlerts(t *testing.T) {
 	dir := tools.Require(t, "SMI_REQUIRE_PROMTOOL", "PROMTOOL_ASSETS", "promtool", "promtool")
-	y, err := os.ReadFile(filepath.Join(kube.Root(), "kustomize", "components", "monitoring", "prometheusrule.yaml"))
+	y, err := os.ReadFile(filepath.Join(controlplane.Root(), "kustomize", "components", "monitoring", "prometheusrule.yaml"))
 	require.NoError(t, err)
 	var rule monitoringv1.PrometheusRule
 	require.NoError(t, yaml.UnmarshalStrict(y, &rule))

@@ -32,7 +32,7 @@ import (
 	schedulingv1 "k8s.io/api/scheduling/v1"
 	"sigs.k8s.io/yaml"
 
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
 )
 
 // types maps apiVersion/kind to a constructor of its Go type.
@@ -124,7 +124,7 @@ func decodeAll(t *testing.T, where string, y []byte) []string {
 }
 
 func TestKustomizeRendersValidObjects(t *testing.T) {
-	root := filepath.Join(kube.Root(), "kustomize")
+	root := filepath.Join(controlplane.Root(), "kustomize")
 	want := map[string][]string{
 		"base":                         {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "MutatingWebhookConfiguration", "Namespace", "PodDisruptionBudget", "PriorityClass", "Role", "RoleBinding", "Service", "ServiceAccount"},
 		"overlays/cert-manager":        {"Certificate", "Certificate", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Issuer", "Issuer", "MutatingWebhookConfiguration", "Namespace", "PodDisruptionBudget", "PriorityClass", "Role", "RoleBinding", "Service", "ServiceAccount", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"},
@@ -134,7 +134,7 @@ func TestKustomizeRendersValidObjects(t *testing.T) {
 	}
 	for dir, kinds := range want {
 		t.Run(dir, func(t *testing.T) {
-			y, err := kube.Kustomize(filepath.Join(root, dir))
+			y, err := controlplane.Kustomize(filepath.Join(root, dir))
 			require.NoError(t, err)
 			got := decodeAll(t, dir, y)
 			sort.Strings(got)
@@ -145,7 +145,7 @@ func TestKustomizeRendersValidObjects(t *testing.T) {
 
 func TestManifestsAreValidObjects(t *testing.T) {
 	var files []string
-	require.NoError(t, filepath.WalkDir(filepath.Join(kube.Root(), "manifests"), func(p string, d os.DirEntry, err error) error {
+	require.NoError(t, filepath.WalkDir(filepath.Join(controlplane.Root(), "manifests"), func(p string, d os.DirEntry, err error) error {
 		if err == nil && !d.IsDir() && strings.HasSuffix(p, ".yaml") {
 			files = append(files, p)
 		}
@@ -155,7 +155,7 @@ func TestManifestsAreValidObjects(t *testing.T) {
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		require.NoError(t, err)
-		rel, _ := filepath.Rel(kube.Root(), f)
+		rel, _ := filepath.Rel(controlplane.Root(), f)
 		decodeAll(t, rel, b)
 	}
 }

@@ -18,7 +18,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
 )
 
 const (
@@ -66,7 +66,7 @@ func request(method, path string, headers map[string]string, principal string) m
 // TestOPAPolicyAuthorizesBySPIFFEID evaluates manifests/opa/policy/authz.rego with OPA's Go library
 // on allowed and denied inputs, as opa-envoy-plugin gives them (decision envoy/authz/allow).
 func TestOPAPolicyAuthorizesBySPIFFEID(t *testing.T) {
-	src, err := os.ReadFile(filepath.Join(kube.Root(), "manifests", "opa", "policy", "authz.rego"))
+	src, err := os.ReadFile(filepath.Join(controlplane.Root(), "manifests", "opa", "policy", "authz.rego"))
 	require.NoError(t, err)
 	s := newSigner(t)
 	other := newSigner(t)

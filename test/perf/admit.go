@@ -10,16 +10,16 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/benchpod"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/podtest"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/benchpod"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/podtest"
 )
 
 // TypicalReview is the AdmissionReview the API server sends to create the typical post-Istio pod
-// of the performance figures (test/benchpod's, the one BenchmarkAdmission and Istio's side of
+// of the performance figures (test/fixtures/benchpod's, the one BenchmarkAdmission and Istio's side of
 // figure 2 call "typical") in namespace, the pod decoded and marshalled as there.
 func TypicalReview(namespace string) ([]byte, error) {
-	pod, err := benchpod.Load(filepath.Join(kube.Root(), benchpod.TypicalFixture))
+	pod, err := benchpod.Load(filepath.Join(controlplane.Root(), benchpod.TypicalFixture))
 	if err != nil {
 		return nil, err
 	}

@@ -28,7 +28,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
 )
 
 // Line prints one figure in the form `make bench` promises. A figure without a numeric target
@@ -60,7 +60,7 @@ func WriteJSON(path string, v any) error {
 func Build(dir, pkg string) (string, error) {
 	out := filepath.Join(dir, filepath.Base(pkg))
 	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, pkg)
-	cmd.Dir = kube.Root()
+	cmd.Dir = controlplane.Root()
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build %s: %w\n%s", pkg, err, b)

@@ -16,7 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/kube"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
 )
 
 // ServeOptions say how to run `spire-mesh-injector serve` against a control plane.
@@ -47,9 +47,9 @@ type Serve struct {
 // StartServe starts the binary with the built-in configuration on free loopback ports and waits
 // until it reports ready (its cache synced and its webhook listener answering TLS).
 func StartServe(ctx context.Context, o ServeOptions) (*Serve, error) {
-	port, err1 := kube.FreePort()
-	health, err2 := kube.FreePort()
-	metrics, err3 := kube.FreePort()
+	port, err1 := controlplane.FreePort()
+	health, err2 := controlplane.FreePort()
+	metrics, err3 := controlplane.FreePort()
 	for _, err := range []error{err1, err2, err3} {
 		if err != nil {
 			return nil, err
@@ -120,10 +120,10 @@ func (s *Serve) Stop() error {
 	return err
 }
 
-// ControlPlane is a kube-apiserver and etcd (test/kube) with what StartServe needs: a kubeconfig
+// ControlPlane is a kube-apiserver and etcd (test/fixtures/controlplane) with what StartServe needs: a kubeconfig
 // file for the process, and the lease namespace.
 type ControlPlane struct {
-	*kube.ControlPlane
+	*controlplane.ControlPlane
 	Client     client.Client
 	Kubeconfig string
 }
@@ -133,7 +133,7 @@ const LeaseNamespace = "spire-mesh-injector"
 
 // StartControlPlane starts the control plane, writing its kubeconfig into dir.
 func StartControlPlane(ctx context.Context, dir string) (*ControlPlane, error) {
-	cp, err := kube.Start()
+	cp, err := controlplane.Start()
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,6 @@
 // Command scale is figure 5 of `make bench`: the real `serve` binary with 10,000 opted-in
 // namespaces and their registrations in its cache. It starts a kube-apiserver and etcd
-// (test/kube), builds and starts `spire-mesh-injector serve` as a process, and measures its
+// (test/fixtures/controlplane), builds and starts `spire-mesh-injector serve` as a process, and measures its
 // resident memory with nothing to cache (the baseline). Then it creates, with 32 concurrent
 // clients, what an opted-in namespace with a wired pod looks like to the webhook: the namespace
 // (label spire-injection=enabled), its ClusterSPIFFEID exactly as the registration package builds

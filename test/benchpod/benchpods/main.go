@@ -12,7 +12,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/benchpod"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/benchpod"
 )
 
 func main() {
