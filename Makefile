@@ -95,7 +95,7 @@ bench-load:
 bench-steady:
 	@mkdir -p bench-results && kube=$$($(TOOLS) kube) && \
 	  { KUBEBUILDER_ASSETS=$$kube SMI_REQUIRE_ENVTEST=1 $(GO) test -count=1 -v -run '^TestSteadyStateCostsNoAPICall$$' \
-	      ./test/integration >bench-results/steady.txt 2>&1; true; } && \
+	      ./test/suites/envtest >bench-results/steady.txt 2>&1; true; } && \
 	  set -o pipefail && $(GO) run ./test/benchratio steady bench-results/steady.txt | tee bench-results/$@.bench
 
 # Figure 5: `serve`'s memory with 10,000 opted-in namespaces cached, and its reconcile time after

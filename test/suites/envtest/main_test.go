@@ -1,11 +1,11 @@
-// Package integration is the envtest suite: a real kube-apiserver and etcd (built from the Go
+// Package envtest is the envtest suite: a real kube-apiserver and etcd (built from the Go
 // module proxy), spire-controller-manager's real CRDs, and spire-mesh-injector's real server
 // (server.Run, as `serve` runs it) registered through the MutatingWebhookConfiguration that
 // kustomize renders from kustomize/base. Istio's injection webhook is Istio's own code
 // (istio-injector from the module test/istio, run as a process). Stand-ins are used only for what
 // cannot run here: the kubelet and scheduler (pods are only stored, never run); a few tests that
 // only need a pod shaped like Istio's output use podtest.IstioStandIn and say so.
-package integration
+package envtest
 
 import (
 	"context"

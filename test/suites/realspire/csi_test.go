@@ -1,4 +1,4 @@
-package e2e
+package realspire
 
 import (
 	"context"
@@ -21,6 +21,7 @@ import (
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/podtest"
 )
 
@@ -72,7 +73,7 @@ func TestWebhookWiringReachesRealSPIRE(t *testing.T) {
 			}},
 	} {
 		t.Run(tc.fixture, func(t *testing.T) {
-			_, pod := podtest.Load(t, "../../mutators/testdata/"+tc.fixture+".yaml")
+			_, pod := podtest.Load(t, filepath.Join(controlplane.Root(), "mutators", "testdata", tc.fixture+".yaml"))
 			_, err := mutators.NewChain(cfg).Run(pod, mutators.Request{Namespace: tc.namespace})
 			require.NoError(t, err)
 			var vol *corev1.Volume

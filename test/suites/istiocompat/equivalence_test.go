@@ -15,7 +15,7 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
 	"github.com/spire-mesh-injector/spire-mesh-injector/preview"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/istiocompat"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/istiocompat"
 )
 
 const (

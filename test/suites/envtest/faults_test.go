@@ -1,4 +1,4 @@
-package integration
+package envtest
 
 import (
 	"context"
@@ -16,7 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	ctrlenvtest "sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
@@ -100,7 +100,7 @@ func TestRegistrationRepairedAfterCRDOutage(t *testing.T) {
 			return
 		}
 		restored = true
-		_, err := envtest.InstallCRDs(cp.Config, envtest.CRDInstallOptions{Paths: []string{filepath.Join(crdDir, "spire.spiffe.io_clusterspiffeids.yaml")}})
+		_, err := ctrlenvtest.InstallCRDs(cp.Config, ctrlenvtest.CRDInstallOptions{Paths: []string{filepath.Join(crdDir, "spire.spiffe.io_clusterspiffeids.yaml")}})
 		require.NoError(t, err)
 	}
 	t.Cleanup(restore)

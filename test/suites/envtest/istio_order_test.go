@@ -1,4 +1,4 @@
-package integration
+package envtest
 
 import (
 	"bytes"
@@ -24,7 +24,7 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
 	"github.com/spire-mesh-injector/spire-mesh-injector/preview"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/istiocompat"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/istiocompat"
 )
 
 // orderLabel selects which of the two registrations of Istio's webhook handles a pod.

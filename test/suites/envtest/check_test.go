@@ -1,4 +1,4 @@
-package integration
+package envtest
 
 import (
 	"bytes"
@@ -27,7 +27,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	ctrlenvtest "sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
@@ -57,7 +57,7 @@ func installCheckCRDs(t *testing.T) {
 			},
 		}
 		crds := []*apiextensionsv1.CustomResourceDefinition{ztwim, istioCRD(t, "requestauthentications.security.istio.io")}
-		_, err := envtest.InstallCRDs(cp.Config, envtest.CRDInstallOptions{CRDs: crds})
+		_, err := ctrlenvtest.InstallCRDs(cp.Config, ctrlenvtest.CRDInstallOptions{CRDs: crds})
 		require.NoError(t, err)
 	})
 }

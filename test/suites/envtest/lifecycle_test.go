@@ -1,4 +1,4 @@
-package integration
+package envtest
 
 import (
 	"bytes"
@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/server"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/certs"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/podtest"
 	"github.com/spire-mesh-injector/spire-mesh-injector/webhook"
 )
@@ -63,7 +65,7 @@ func TestServerLifecycle(t *testing.T) {
 		return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	}
 	ns := namespace(t, true, nil)
-	js, _ := podtest.Load(t, "../../mutators/testdata/native-sidecar.yaml")
+	js, _ := podtest.Load(t, filepath.Join(controlplane.Root(), "mutators", "testdata", "native-sidecar.yaml"))
 	body := podtest.ReviewBody(t, podtest.Request(ns, js))
 	hook := "https://127.0.0.1:" + strconv.Itoa(hookPort) + webhook.Path
 	resp, err := https(roots).Post(hook, "application/json", bytes.NewReader(body))

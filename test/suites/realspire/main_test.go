@@ -1,8 +1,9 @@
-// Package e2e holds the tests that run real SPIRE: a spire-server and spire-agent built from the Go
-// module proxy (test/fixtures/tools/build.sh spire), the real spiffe-csi-driver, and the JWT-SVID helper.
-// The kubelet cannot run here: where a pod's volume must be published, the test calls the CSI
-// driver's NodePublishVolume itself, as the kubelet would (as root), and names it a stand-in.
-package e2e
+// Package realspire is the real-SPIRE suite: a spire-server and spire-agent built from the Go
+// module proxy (test/fixtures/tools/build.sh spire), the real spiffe-csi-driver,
+// spire-controller-manager (build.sh scm) and the JWT-SVID helper. The kubelet cannot run here:
+// where a pod's volume must be published, the test calls the CSI driver's NodePublishVolume
+// itself, as the kubelet would (as root), and names it a stand-in.
+package realspire
 
 import (
 	"context"
