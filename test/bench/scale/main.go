@@ -35,7 +35,7 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/perf"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/bench/perf"
 )
 
 // Targets. The memory target is issue 8's. The reconcile target is ours: after a restart (an

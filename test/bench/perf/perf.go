@@ -1,7 +1,7 @@
-// Package perf holds what the performance programs of `make bench` share (test/load, test/scale,
-// test/helpercost, test/benchratio): building and running the real binaries as processes, reading
-// a process's memory and CPU time from /proc, scraping Prometheus text metrics, and printing each
-// figure as one greppable line:
+// Package perf holds what the performance programs of `make bench` share (test/bench/load,
+// test/bench/scale, test/bench/helpercost, test/bench/benchratio): building and running the real
+// binaries as processes, reading a process's memory and CPU time from /proc, scraping Prometheus
+// text metrics, and printing each figure as one greppable line:
 //
 //	BENCH <figure-name>: <value> (target <target>) met|missed
 //

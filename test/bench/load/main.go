@@ -37,8 +37,8 @@ import (
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/bench/perf"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/benchpod"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/perf"
 )
 
 // namespace is where the admitted pods are created: the fixture's own.

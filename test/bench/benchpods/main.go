@@ -3,7 +3,7 @@
 // benchmark of Istio's own injector in the separate module test/istio, which cannot import this
 // module (it pins another controller-runtime).
 //
-//	go run ./test/benchpod/benchpods DIR
+//	go run ./test/bench/benchpods DIR
 package main
 
 import (

@@ -26,7 +26,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/perf"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/bench/perf"
 )
 
 // Targets. maxRatio is issue 8's: the handler costs at most 1.2× the floor. maxAllocRatio is ours

@@ -33,9 +33,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/bench/perf"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/spire"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/perf"
 )
 
 const trustDomain = "example.org"
