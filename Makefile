@@ -111,7 +111,7 @@ bench-helper:
 
 ## demo: the webhook against a local kube-apiserver and etcd (no cluster needed); KEEP=1 leaves it running.
 demo:
-	@assets=$$($(TOOLS) kube) && KUBEBUILDER_ASSETS=$$assets $(GO) run ./test/demo $(if $(KEEP),--keep)
+	@assets=$$($(TOOLS) kube) && KUBEBUILDER_ASSETS=$$assets $(GO) run ./demo $(if $(KEEP),--keep)
 
 ## example: the offline preview on the shipped example (the README's first command).
 example:
