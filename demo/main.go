@@ -37,6 +37,7 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 	"github.com/spire-mesh-injector/spire-mesh-injector/server"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/proc"
 )
 
 const demoNamespace = "bookinfo"
@@ -75,7 +76,7 @@ func run(keep bool, out io.Writer) error {
 
 	cfg := config.Default()
 	fmt.Fprintf(out, "==> starting the webhook with the built-in configuration (trust domain %s, className %s)\n", cfg.TrustDomain, cfg.Registration.ClassName)
-	health, err := controlplane.FreePort()
+	health, err := proc.FreePort()
 	if err != nil {
 		return err
 	}

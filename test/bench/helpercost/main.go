@@ -34,7 +34,7 @@ import (
 	"time"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/bench/perf"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/proc"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/spire"
 )
 
@@ -172,7 +172,7 @@ func measure(ctx context.Context, server *spire.Server, agent *spire.Agent, bin,
 	if err := os.Chown(dir, uid, uid); err != nil {
 		return Run{}, err
 	}
-	health, err := controlplane.FreePort()
+	health, err := proc.FreePort()
 	if err != nil {
 		return Run{}, err
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/proc"
 )
 
 // ServeOptions say how to run `spire-mesh-injector serve` against a control plane.
@@ -47,9 +48,9 @@ type Serve struct {
 // StartServe starts the binary with the built-in configuration on free loopback ports and waits
 // until it reports ready (its cache synced and its webhook listener answering TLS).
 func StartServe(ctx context.Context, o ServeOptions) (*Serve, error) {
-	port, err1 := controlplane.FreePort()
-	health, err2 := controlplane.FreePort()
-	metrics, err3 := controlplane.FreePort()
+	port, err1 := proc.FreePort()
+	health, err2 := proc.FreePort()
+	metrics, err3 := proc.FreePort()
 	for _, err := range []error{err1, err2, err3} {
 		if err != nil {
 			return nil, err

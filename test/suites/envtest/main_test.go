@@ -27,6 +27,7 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 	"github.com/spire-mesh-injector/spire-mesh-injector/server"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/proc"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/tools"
 )
 
@@ -135,7 +136,7 @@ func verboseReadyz() string {
 }
 
 func freePort() int {
-	p, err := controlplane.FreePort()
+	p, err := proc.FreePort()
 	if err != nil {
 		panic(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/proc"
 )
 
 // requireRoot skips tests that must act as the kubelet (mounts) or run a workload as another
@@ -106,7 +107,7 @@ func waitSVID(t *testing.T, addr string, id spiffeid.ID) *x509svid.SVID {
 
 func freePort(t *testing.T) int {
 	t.Helper()
-	p, err := controlplane.FreePort()
+	p, err := proc.FreePort()
 	require.NoError(t, err)
 	return p
 }
