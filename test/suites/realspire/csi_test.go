@@ -3,7 +3,6 @@ package realspire
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -23,6 +22,7 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/podtest"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/proc"
 )
 
 // TestWebhookWiringReachesRealSPIRE takes the CSI volume the webhook puts into a pod, publishes it
@@ -40,17 +40,8 @@ func TestWebhookWiringReachesRealSPIRE(t *testing.T) {
 	csiDir := filepath.Join(workDir, "csi")
 	require.NoError(t, os.MkdirAll(csiDir, 0o755))
 	csiSock := filepath.Join(csiDir, "csi.sock")
-	driver := exec.Command(filepath.Join(assets, "spiffe-csi-driver"), "-node-id", "node-1", "-csi-socket-path", csiSock, "-workload-api-socket-dir", agent.SocketDir)
-	out := &strings.Builder{}
-	driver.Stdout, driver.Stderr = out, out
-	require.NoError(t, driver.Start())
-	t.Cleanup(func() {
-		_ = driver.Process.Kill()
-		_ = driver.Wait()
-		if t.Failed() {
-			t.Logf("spiffe-csi-driver log:\n%s", out.String())
-		}
-	})
+	proc.StartT(t, filepath.Join(assets, "spiffe-csi-driver"), proc.Options{
+		Args: []string{"-node-id", "node-1", "-csi-socket-path", csiSock, "-workload-api-socket-dir", agent.SocketDir}})
 	require.Eventually(t, func() bool { _, err := os.Stat(csiSock); return err == nil }, 10*time.Second, 50*time.Millisecond)
 	conn, err := grpc.NewClient("unix://"+csiSock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)

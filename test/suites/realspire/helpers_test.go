@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -110,20 +109,6 @@ func freePort(t *testing.T) int {
 	p, err := proc.FreePort()
 	require.NoError(t, err)
 	return p
-}
-
-// rssKiB reads a process's resident set size.
-func rssKiB(pid int) (int, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "VmRSS:") {
-			return strconv.Atoi(strings.Fields(line)[1])
-		}
-	}
-	return 0, fmt.Errorf("no VmRSS")
 }
 
 func fetchJWTBundles(ctx context.Context) (*jwtbundle.Set, error) {

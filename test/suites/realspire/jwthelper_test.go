@@ -1,12 +1,10 @@
 package realspire
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -25,6 +23,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/proc"
 )
 
 // TestJWTHelperAgainstRealSPIRE runs the real spiffe-jwt-helper binary, under a UID of its own, as
@@ -47,23 +46,16 @@ func TestJWTHelperAgainstRealSPIRE(t *testing.T) {
 	require.NoError(t, os.Chown(out, uid, uid))
 	health, extAuthzPort := freePort(t), freePort(t)
 	audiences := []string{"payments", "https://api.example.com"}
-	var stderr bytes.Buffer
-	cmd := exec.Command(bin,
-		"--audience="+audiences[0], "--audience="+audiences[1],
-		"--output-dir="+out, "--file-mode=0444",
-		"--health-addr=127.0.0.1:"+strconv.Itoa(health),
-		"--ext-authz-addr=127.0.0.1:"+strconv.Itoa(extAuthzPort), "--ext-authz-audience=payments",
-		"--min-backoff=200ms", "--max-backoff=1s")
-	cmd.Env = []string{"SPIFFE_ENDPOINT_SOCKET=" + agent.Socket()}
-	cmd.Stdout, cmd.Stderr = &stderr, &stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("helper log:\n%s", stderr.String())
-		}
+	helper := proc.StartT(t, bin, proc.Options{
+		Args: []string{
+			"--audience=" + audiences[0], "--audience=" + audiences[1],
+			"--output-dir=" + out, "--file-mode=0444",
+			"--health-addr=127.0.0.1:" + strconv.Itoa(health),
+			"--ext-authz-addr=127.0.0.1:" + strconv.Itoa(extAuthzPort), "--ext-authz-audience=payments",
+			"--min-backoff=200ms", "--max-backoff=1s"},
+		Env:        []string{"SPIFFE_ENDPOINT_SOCKET=" + agent.Socket()},
+		Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)},
+		Grace:      10 * time.Second,
 	})
 	base := "http://127.0.0.1:" + strconv.Itoa(health)
 	status := func(path string) int {
@@ -149,10 +141,8 @@ func TestJWTHelperAgainstRealSPIRE(t *testing.T) {
 		assert.Empty(t, resp.GetOkResponse().GetHeaders(), "an existing Authorization header is not overwritten")
 	})
 
-	if pid := cmd.Process.Pid; pid > 0 {
-		if rss, err := rssKiB(pid); err == nil {
-			t.Logf("MEASURE spiffe-jwt-helper RSS with 2 audiences, ext_authz on: %.1f MiB", float64(rss)/1024)
-		}
+	if mem, err := proc.ReadMemory(helper.PID()); err == nil {
+		t.Logf("MEASURE spiffe-jwt-helper RSS with 2 audiences, ext_authz on: %.1f MiB", float64(mem.RSS)/(1<<20))
 	}
 
 	t.Run("agent down: last valid tokens kept, then withdrawn; back: refreshed", func(t *testing.T) {

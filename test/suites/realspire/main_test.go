@@ -69,14 +69,7 @@ func run(m *testing.M) int {
 	defer agent.Stop()
 	code := m.Run()
 	if code != 0 {
-		fmt.Println("--- spire-server log ---\n" + tail(server.Log(), 4000) + "\n--- spire-agent log ---\n" + tail(agent.Log(), 4000))
+		fmt.Println("--- spire-server log ---\n" + server.Log() + "\n--- spire-agent log ---\n" + agent.Log())
 	}
 	return code
-}
-
-func tail(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[len(s)-n:]
 }

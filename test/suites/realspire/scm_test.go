@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -30,6 +29,7 @@ import (
 	smiserver "github.com/spire-mesh-injector/spire-mesh-injector/server"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/certs"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/proc"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/spire"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/tools"
 )
@@ -232,27 +232,9 @@ func scmBinary(t *testing.T) string {
 	return filepath.Join(tools.Require(t, "SMI_REQUIRE_SPIRE", "SCM_ASSETS", "scm", "spire-controller-manager"), "spire-controller-manager")
 }
 
-// logBuffer is a goroutine-safe buffer for a child process's output.
-type logBuffer struct {
-	mu  chan struct{}
-	buf bytes.Buffer
-}
-
-func newLogBuffer() *logBuffer { return &logBuffer{mu: make(chan struct{}, 1)} }
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu <- struct{}{}
-	defer func() { <-l.mu }()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu <- struct{}{}
-	defer func() { <-l.mu }()
-	return tail(l.buf.String(), 6000)
-}
-
-func startSCM(t *testing.T, bin string, cp *controlplane.ControlPlane, s *spire.Server) *logBuffer {
+// startSCM runs spire-controller-manager, configured as ZTWIM configures it, against the control
+// plane and the SPIRE server s; its log reads as the end of what it printed so far.
+func startSCM(t *testing.T, bin string, cp *controlplane.ControlPlane, s *spire.Server) *proc.Log {
 	t.Helper()
 	dir := filepath.Join(workDir, "scm")
 	require.NoError(t, os.MkdirAll(dir, 0o700))
@@ -281,19 +263,10 @@ ignoreNamespaces:
 `, freePort(t), freePort(t), scmClusterName, trustDomain, s.Socket, config.DefaultClassName, parentIDTmpl)
 	confPath := filepath.Join(dir, "config.yaml")
 	require.NoError(t, os.WriteFile(confPath, []byte(conf), 0o600))
-	log := newLogBuffer()
-	cmd := exec.Command(bin, "-config", confPath, "-kubeconfig", kubeconfig)
-	cmd.Env = append(os.Environ(), "ENABLE_WEBHOOKS=false")
-	cmd.Stdout, cmd.Stderr = log, log
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("spire-controller-manager log:\n%s", log.String())
-		}
-	})
-	return log
+	return proc.StartT(t, bin, proc.Options{
+		Args: []string{"-config", confPath, "-kubeconfig", kubeconfig},
+		Env:  append(os.Environ(), "ENABLE_WEBHOOKS=false"),
+	}).Log
 }
 
 // partnerFederation is a ClusterFederatedTrustDomain for partner.example with its initial bundle
