@@ -5,8 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -25,6 +23,7 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
 	"github.com/spire-mesh-injector/spire-mesh-injector/preview"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/istiocompat"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/proc"
 )
 
 // orderLabel selects which of the two registrations of Istio's webhook handles a pod.
@@ -37,18 +36,11 @@ const orderLabel = "istio-order"
 func istioWebhook(t *testing.T, ist istiocompat.Injector) string {
 	t.Helper()
 	addr := "127.0.0.1:" + strconv.Itoa(freePort())
-	var logs bytes.Buffer
-	cmd := exec.Command(ist.Binary(), "serve", "--addr", addr,
-		"--cert", filepath.Join(cp.CertDir, "tls.crt"), "--key", filepath.Join(cp.CertDir, "tls.key"),
-		"--set", "meshConfig.trustDomain="+testConfig.TrustDomain)
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("istio-injector output:\n%s", logs.String())
-		}
+	proc.StartT(t, ist.Binary(), proc.Options{
+		Args: []string{"serve", "--addr", addr,
+			"--cert", filepath.Join(cp.CertDir, "tls.crt"), "--key", filepath.Join(cp.CertDir, "tls.key"),
+			"--set", "meshConfig.trustDomain=" + testConfig.TrustDomain},
+		Grace: 10 * time.Second,
 	})
 	require.Eventually(t, func() bool {
 		conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: caPool()})
