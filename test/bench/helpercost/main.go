@@ -24,7 +24,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -187,21 +186,20 @@ func measure(ctx context.Context, server *spire.Server, agent *spire.Agent, bin,
 	}
 	defer logf.Close()
 	refreshes := &refreshCounter{w: logf}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = []string{"SPIFFE_ENDPOINT_SOCKET=" + agent.Socket()}
-	cmd.Stdout, cmd.Stderr = refreshes, refreshes
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
-	p, err := perf.Start(cmd)
+	p, err := proc.Start(bin, proc.Options{
+		Args:       args,
+		Env:        []string{"SPIFFE_ENDPOINT_SOCKET=" + agent.Socket()},
+		Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)},
+		Output:     refreshes,
+		Grace:      10 * time.Second,
+	})
 	if err != nil {
 		return Run{}, err
 	}
-	defer func() { _ = p.Stop(10 * time.Second) }()
+	defer func() { _ = p.Stop() }()
 
 	// The agent syncs new entries every few seconds; the helper retries until it has them all.
-	if err := perf.Poll(ctx, helperReadyWithin, 200*time.Millisecond, "helper ready", func(ctx context.Context) (bool, error) {
-		if p.Exited() {
-			return false, fmt.Errorf("helper exited (%v); see %s", p.Err, logPath)
-		}
+	if err := p.WaitReady(ctx, helperReadyWithin, 200*time.Millisecond, "helper ready", func(ctx context.Context) (bool, error) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:"+strconv.Itoa(health)+"/ready", nil)
 		r, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -210,15 +208,15 @@ func measure(ctx context.Context, server *spire.Server, agent *spire.Agent, bin,
 		r.Body.Close()
 		return r.StatusCode == http.StatusOK, nil
 	}); err != nil {
-		return Run{}, err
+		return Run{}, fmt.Errorf("%w; see %s", err, logPath)
 	}
 	time.Sleep(settle)
 
 	res := Run{Name: name, Audiences: audiences, JWTTTL: ttl}
 	var rss []int64
-	var mem perf.Memory
+	var mem proc.Memory
 	start, startCount := time.Now(), refreshes.count()
-	prev, err := perf.CPUTime(p.PID())
+	prev, err := proc.CPUTime(p.PID())
 	if err != nil {
 		return Run{}, err
 	}
@@ -226,11 +224,11 @@ func measure(ctx context.Context, server *spire.Server, agent *spire.Agent, bin,
 	for time.Since(start) < window {
 		time.Sleep(time.Second)
 		now := time.Now()
-		c, err := perf.CPUTime(p.PID())
+		c, err := proc.CPUTime(p.PID())
 		if err != nil {
 			return Run{}, err
 		}
-		if mem, err = perf.ReadMemory(p.PID()); err != nil {
+		if mem, err = proc.ReadMemory(p.PID()); err != nil {
 			return Run{}, err
 		}
 		rss = append(rss, mem.RSS)

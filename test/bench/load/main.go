@@ -39,6 +39,7 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/bench/perf"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/benchpod"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/proc"
 )
 
 // namespace is where the admitted pods are created: the fixture's own.
@@ -148,7 +149,7 @@ func run(rates []int, duration, warmup time.Duration, conns int, out string) err
 	if err := perf.Admit(ctx, client, srv.URL, body, &bytes.Buffer{}); err != nil {
 		return fmt.Errorf("first admission: %w", err)
 	}
-	if err := perf.Poll(ctx, 30*time.Second, 100*time.Millisecond, "the namespace's ClusterSPIFFEID", func(ctx context.Context) (bool, error) {
+	if err := proc.Poll(ctx, 30*time.Second, 100*time.Millisecond, "the namespace's ClusterSPIFFEID", func(ctx context.Context) (bool, error) {
 		err := cp.Client.Get(ctx, types.NamespacedName{Name: registration.Name(namespace)}, &spirev1alpha1.ClusterSPIFFEID{})
 		return err == nil, nil
 	}); err != nil {
@@ -211,11 +212,11 @@ func step(ctx context.Context, client *http.Client, srv *perf.Serve, body []byte
 	// Buffered for the whole step: the schedule never waits for a worker.
 	jobs := make(chan int, n)
 
-	cpu0, err := perf.CPUTime(srv.PID())
+	cpu0, err := proc.CPUTime(srv.PID())
 	if err != nil {
 		return Step{}, err
 	}
-	self0, err := perf.CPUTime(os.Getpid())
+	self0, err := proc.CPUTime(os.Getpid())
 	if err != nil {
 		return Step{}, err
 	}
@@ -247,12 +248,12 @@ func step(ctx context.Context, client *http.Client, srv *perf.Serve, body []byte
 	close(jobs)
 	wg.Wait()
 	wall := time.Since(start)
-	cpu1, err := perf.CPUTime(srv.PID())
+	cpu1, err := proc.CPUTime(srv.PID())
 	if err != nil {
 		return Step{}, err
 	}
-	self1, _ := perf.CPUTime(os.Getpid())
-	mem, err := perf.ReadMemory(srv.PID())
+	self1, _ := proc.CPUTime(os.Getpid())
+	mem, err := proc.ReadMemory(srv.PID())
 	if err != nil {
 		return Step{}, err
 	}

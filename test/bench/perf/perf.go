@@ -1,7 +1,8 @@
 // Package perf holds what the performance programs of `make bench` share (test/bench/load,
-// test/bench/scale, test/bench/helpercost, test/bench/benchratio): building and running the real
-// binaries as processes, reading a process's memory and CPU time from /proc, scraping Prometheus
-// text metrics, and printing each figure as one greppable line:
+// test/bench/scale, test/bench/helpercost, test/bench/benchratio): building the real binaries and
+// running `serve` against a control plane (as processes, with test/fixtures/proc, which also reads
+// their memory and CPU time from /proc), admitting pods to it, scraping Prometheus text metrics,
+// and printing each figure as one greppable line:
 //
 //	BENCH <figure-name>: <value> (target <target>) met|missed
 //
@@ -11,7 +12,6 @@ package perf
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -25,7 +25,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
@@ -66,126 +65,6 @@ func Build(dir, pkg string) (string, error) {
 		return "", fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
 	}
 	return out, nil
-}
-
-// Process is a started command whose exit is watched, so a caller waiting for it to become
-// ready can tell "not yet" from "gone".
-type Process struct {
-	Cmd *exec.Cmd
-	// Done closes when the process has exited; Err then holds cmd.Wait's result.
-	Done chan struct{}
-	Err  error
-}
-
-// Start starts cmd and watches it.
-func Start(cmd *exec.Cmd) (*Process, error) {
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	p := &Process{Cmd: cmd, Done: make(chan struct{})}
-	go func() { p.Err = cmd.Wait(); close(p.Done) }()
-	return p, nil
-}
-
-// PID is the process id.
-func (p *Process) PID() int { return p.Cmd.Process.Pid }
-
-// Exited reports whether the process has exited.
-func (p *Process) Exited() bool {
-	select {
-	case <-p.Done:
-		return true
-	default:
-		return false
-	}
-}
-
-// Stop sends SIGTERM and waits for the process to exit, killing it after grace.
-func (p *Process) Stop(grace time.Duration) error {
-	if p.Exited() {
-		return nil
-	}
-	_ = p.Cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.Done:
-		return nil
-	case <-time.After(grace):
-		_ = p.Cmd.Process.Kill()
-		<-p.Done
-		return fmt.Errorf("%s did not stop within %s: killed", filepath.Base(p.Cmd.Path), grace)
-	}
-}
-
-// Memory is a process's memory as the kernel accounts it, in bytes.
-type Memory struct {
-	// RSS is VmRSS: resident memory now, what a container's memory limit is held to (with the
-	// page cache the process causes, which these programs do not have).
-	RSS int64 `json:"rssBytes"`
-	// HWM is VmHWM: the peak RSS since the process started.
-	HWM int64 `json:"hwmBytes"`
-}
-
-// ReadMemory reads /proc/<pid>/status.
-func ReadMemory(pid int) (Memory, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return Memory{}, err
-	}
-	defer f.Close()
-	var m Memory
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		key, val, ok := strings.Cut(sc.Text(), ":")
-		if !ok {
-			continue
-		}
-		var dst *int64
-		switch key {
-		case "VmRSS":
-			dst = &m.RSS
-		case "VmHWM":
-			dst = &m.HWM
-		default:
-			continue
-		}
-		kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(val), " kB"), 10, 64)
-		if err != nil {
-			return Memory{}, fmt.Errorf("/proc/%d/status %s: %w", pid, key, err)
-		}
-		*dst = kb << 10
-	}
-	if m.RSS == 0 {
-		return Memory{}, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
-	}
-	return m, sc.Err()
-}
-
-// clockTicks is USER_HZ, the unit of utime and stime in /proc/<pid>/stat. Linux fixes it at 100
-// on every architecture Go supports, so reading it through sysconf (cgo) buys nothing.
-const clockTicks = 100
-
-// CPUTime is the user plus system CPU time pid has used, from /proc/<pid>/stat.
-func CPUTime(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// The command name (field 2) is in parentheses and may hold spaces: count fields after it.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
-	}
-	f := strings.Fields(string(b[i+1:]))
-	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
-	}
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
-	}
-	return time.Duration(utime+stime) * time.Second / clockTicks, nil
 }
 
 // Metrics is one scrape of a Prometheus text endpoint: each sample by its series as written
@@ -264,30 +143,6 @@ func TLSClient(caPEM []byte, conns int, timeout time.Duration) (*http.Client, er
 			ForceAttemptHTTP2:   false,
 		},
 	}, nil
-}
-
-// Poll calls f every interval until it returns true, an error, or timeout passes.
-func Poll(ctx context.Context, timeout, interval time.Duration, what string, f func(context.Context) (bool, error)) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	var last error
-	for {
-		done, err := f(ctx)
-		if err == nil && done {
-			return nil
-		}
-		if err != nil {
-			last = err
-		}
-		select {
-		case <-ctx.Done():
-			if last != nil {
-				return fmt.Errorf("%s: not within %s: %w", what, timeout, last)
-			}
-			return fmt.Errorf("%s: not within %s", what, timeout)
-		case <-time.After(interval):
-		}
-	}
 }
 
 // MiB formats bytes in MiB with one decimal.

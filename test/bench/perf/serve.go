@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -35,14 +34,12 @@ type ServeOptions struct {
 
 // Serve is a running `spire-mesh-injector serve` process listening on loopback.
 type Serve struct {
-	*Process
+	*proc.Process
 	// URL is the admission endpoint; MetricsURL its /metrics (HTTPS, same certificate).
 	URL, MetricsURL string
-	// Started is when the process was started.
-	Started time.Time
-	health  string
-	client  *http.Client
-	log     *os.File
+	health          string
+	client          *http.Client
+	log             *os.File
 }
 
 // StartServe starts the binary with the built-in configuration on free loopback ports and waits
@@ -75,25 +72,25 @@ func StartServe(ctx context.Context, o ServeOptions) (*Serve, error) {
 		client:     client,
 		log:        logf,
 	}
-	cmd := exec.Command(o.Bin, "serve",
-		"--kubeconfig="+o.Kubeconfig,
-		"--host=127.0.0.1", "--port="+strconv.Itoa(port),
-		"--cert-dir="+o.CertDir,
-		"--health-addr=127.0.0.1:"+strconv.Itoa(health),
-		"--metrics-addr=127.0.0.1:"+strconv.Itoa(metrics),
-		"--leader-election-namespace="+o.LeaseNamespace,
-		// The benchmarks stop the process between phases; no load balancer is waiting to notice.
-		"--shutdown-delay=0s")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	s.Started = time.Now()
-	if s.Process, err = Start(cmd); err != nil {
+	s.Process, err = proc.Start(o.Bin, proc.Options{
+		Args: []string{"serve",
+			"--kubeconfig=" + o.Kubeconfig,
+			"--host=127.0.0.1", "--port=" + strconv.Itoa(port),
+			"--cert-dir=" + o.CertDir,
+			"--health-addr=127.0.0.1:" + strconv.Itoa(health),
+			"--metrics-addr=127.0.0.1:" + strconv.Itoa(metrics),
+			"--leader-election-namespace=" + o.LeaseNamespace,
+			// The benchmarks stop the process between phases; no load balancer is waiting to notice.
+			"--shutdown-delay=0s"},
+		Output: logf,
+		// SIGTERM: it releases its lease.
+		Grace: 60 * time.Second,
+	})
+	if err != nil {
 		logf.Close()
 		return nil, err
 	}
-	err = Poll(ctx, 90*time.Second, 100*time.Millisecond, "serve ready", func(ctx context.Context) (bool, error) {
-		if s.Exited() {
-			return false, fmt.Errorf("serve exited (%v); see %s", s.Err, o.LogPath)
-		}
+	err = s.WaitReady(ctx, 90*time.Second, 100*time.Millisecond, "serve ready", func(ctx context.Context) (bool, error) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.health+"/readyz", nil)
 		r, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -104,7 +101,7 @@ func StartServe(ctx context.Context, o ServeOptions) (*Serve, error) {
 	})
 	if err != nil {
 		_ = s.Stop()
-		return nil, err
+		return nil, fmt.Errorf("%w; see %s", err, o.LogPath)
 	}
 	return s, nil
 }
@@ -116,7 +113,7 @@ func (s *Serve) Metrics(ctx context.Context) (Metrics, error) {
 
 // Stop stops the process gracefully (SIGTERM: it releases its lease) and closes its log.
 func (s *Serve) Stop() error {
-	err := s.Process.Stop(60 * time.Second)
+	err := s.Process.Stop()
 	s.log.Close()
 	return err
 }

@@ -36,6 +36,7 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/bench/perf"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/proc"
 )
 
 // Targets. The memory target is issue 8's. The reconcile target is ours: after a restart (an
@@ -271,7 +272,7 @@ func seed(ctx context.Context, c client.Client, n, workers int) error {
 // waitReconciled waits until the registration controller has reconciled at least n namespaces
 // and has nothing queued or in progress.
 func waitReconciled(ctx context.Context, s *perf.Serve, n int) error {
-	return perf.Poll(ctx, 10*time.Minute, 250*time.Millisecond, fmt.Sprintf("%d namespaces reconciled", n), func(ctx context.Context) (bool, error) {
+	return proc.Poll(ctx, 10*time.Minute, 250*time.Millisecond, fmt.Sprintf("%d namespaces reconciled", n), func(ctx context.Context) (bool, error) {
 		m, err := s.Metrics(ctx)
 		if err != nil {
 			return false, err
@@ -286,9 +287,9 @@ func waitReconciled(ctx context.Context, s *perf.Serve, n int) error {
 func sampleMemory(ctx context.Context, s *perf.Serve, settle, sample time.Duration) (Memory, error) {
 	time.Sleep(settle)
 	var rss []int64
-	var last perf.Memory
+	var last proc.Memory
 	for end := time.Now().Add(sample); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
-		m, err := perf.ReadMemory(s.PID())
+		m, err := proc.ReadMemory(s.PID())
 		if err != nil {
 			return Memory{}, err
 		}
