@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -65,7 +64,7 @@ func installCheckCRDs(t *testing.T) {
 // istioCRD reads one CRD from istio.io/api's generated CRDs in the module cache.
 func istioCRD(t *testing.T, name string) *apiextensionsv1.CustomResourceDefinition {
 	t.Helper()
-	dir, err := chkModuleDir("istio.io/api")
+	dir, err := controlplane.ModuleDir("istio.io/api")
 	require.NoError(t, err)
 	raw, err := os.ReadFile(filepath.Join(dir, "kubernetes", "customresourcedefinitions.gen.yaml"))
 	require.NoError(t, err)
@@ -525,14 +524,3 @@ func chkMerge(dst, src map[string]any) {
 }
 
 func chkRef[T any](v T) *T { return &v }
-
-// chkModuleDir is a module's folder in the module cache.
-func chkModuleDir(module string) (string, error) {
-	cmd := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", module)
-	cmd.Dir = controlplane.Root()
-	out, err := cmd.Output()
-	if err != nil {
-		return "", fmt.Errorf("locating %s in the module cache: %w", module, err)
-	}
-	return strings.TrimSpace(string(out)), nil
-}
