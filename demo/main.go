@@ -66,8 +66,8 @@ func run(keep bool, out io.Writer) error {
 		return err
 	}
 	for _, ns := range []*corev1.Namespace{
-		{ObjectMeta: metav1.ObjectMeta{Name: "spire-mesh-injector"}},
-		{ObjectMeta: metav1.ObjectMeta{Name: demoNamespace, Labels: map[string]string{annotations.InjectionLabel: annotations.InjectionEnabled}}},
+		controlplane.Namespace("spire-mesh-injector", false, nil),
+		controlplane.Namespace(demoNamespace, true, nil),
 	} {
 		if err := k8s.Create(ctx, ns); err != nil {
 			return err

@@ -29,16 +29,14 @@ import (
 	"sync/atomic"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	spirev1alpha1 "github.com/spiffe/spire-controller-manager/api/v1alpha1"
 
-	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/bench/perf"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/benchpod"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/proc"
 )
 
@@ -126,8 +124,7 @@ func run(rates []int, duration, warmup time.Duration, conns int, out string) err
 	if err != nil {
 		return err
 	}
-	if err := cp.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace,
-		Labels: map[string]string{annotations.InjectionLabel: annotations.InjectionEnabled}}}); err != nil {
+	if err := cp.Client.Create(ctx, controlplane.Namespace(namespace, true, nil)); err != nil {
 		return err
 	}
 	srv, err := cp.Serve(ctx, bin, strings.TrimSuffix(out, filepath.Ext(out))+"-serve.log")

@@ -9,8 +9,6 @@ import (
 	"strconv"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -148,7 +146,7 @@ func StartControlPlane(ctx context.Context, dir string) (*ControlPlane, error) {
 		_ = cp.Stop()
 		return nil, err
 	}
-	if err := c.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: LeaseNamespace}}); err != nil {
+	if err := c.Client.Create(ctx, controlplane.Namespace(LeaseNamespace, false, nil)); err != nil {
 		_ = cp.Stop()
 		return nil, err
 	}

@@ -36,6 +36,7 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/bench/perf"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/proc"
 )
 
@@ -117,8 +118,7 @@ func run(n, workers int, settle, sample time.Duration, traffic int, out string) 
 	}
 	res := Results{Namespaces: n}
 	// The namespace the background admissions are for; its registration is created by the first.
-	if err := cp.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: trafficNamespace,
-		Labels: map[string]string{annotations.InjectionLabel: annotations.InjectionEnabled}}}); err != nil {
+	if err := cp.Client.Create(ctx, controlplane.Namespace(trafficNamespace, true, nil)); err != nil {
 		return err
 	}
 	body, err := perf.TypicalReview(trafficNamespace)
@@ -236,8 +236,7 @@ func seed(ctx context.Context, c client.Client, n, workers int) error {
 					return
 				}
 				name := fmt.Sprintf("scale-%05d", i)
-				ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name,
-					Labels: map[string]string{annotations.InjectionLabel: annotations.InjectionEnabled}}}
+				ns := controlplane.Namespace(name, true, nil)
 				if err := c.Create(ctx, ns); err != nil {
 					fail(err)
 					return

@@ -455,7 +455,7 @@ func TestCheckRBACIsReadOnlyAndSufficient(t *testing.T) {
 
 	// Every object the check reads, under the names the roles allow.
 	for _, n := range []string{"istio-system", "zero-trust-workload-identity-manager"} {
-		require.NoError(t, createNamespace(ctx, n, nil))
+		require.NoError(t, createNamespace(ctx, n, false))
 	}
 	chkCreate(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio", Namespace: "istio-system"}, Data: map[string]string{"mesh": "trustDomain: example.org\n"}})
 	chkCreate(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "spire-controller-manager", Namespace: "zero-trust-workload-identity-manager"},

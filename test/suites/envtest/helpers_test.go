@@ -21,6 +21,7 @@ import (
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
 )
 
 func caPool() *x509.CertPool {
@@ -29,9 +30,10 @@ func caPool() *x509.CertPool {
 	return pool
 }
 
-func createNamespace(ctx context.Context, name string, labels map[string]string) error {
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}
-	if err := k8s.Create(ctx, ns); err != nil && !apierrors.IsAlreadyExists(err) {
+// createNamespace creates namespace name, opted in or not, unless it exists (replicas and tests
+// share some).
+func createNamespace(ctx context.Context, name string, optedIn bool) error {
+	if err := k8s.Create(ctx, controlplane.Namespace(name, optedIn, nil)); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
 	}
 	return nil
@@ -42,12 +44,7 @@ func namespace(t *testing.T, optedIn bool, ann map[string]string) string {
 	t.Helper()
 	name := fmt.Sprintf("t-%s-%04d", strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()))[:min(30, len(t.Name()))], rand.IntN(10000))
 	name = strings.Trim(strings.ReplaceAll(name, "--", "-"), "-")
-	labels := map[string]string{}
-	if optedIn {
-		labels[annotations.InjectionLabel] = annotations.InjectionEnabled
-	}
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels, Annotations: ann}}
-	require.NoError(t, k8s.Create(context.Background(), ns))
+	require.NoError(t, k8s.Create(context.Background(), controlplane.Namespace(name, optedIn, ann)))
 	return name
 }
 
@@ -112,7 +109,7 @@ func labelsMatch(m *dto.Metric, match map[string]string) bool {
 // has the new MutatingWebhookConfiguration), using dry-run creates that leave nothing behind.
 func waitWebhookActive(ctx context.Context) error {
 	ns := "webhook-probe"
-	if err := createNamespace(ctx, ns, map[string]string{annotations.InjectionLabel: annotations.InjectionEnabled}); err != nil {
+	if err := createNamespace(ctx, ns, true); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(30 * time.Second)

@@ -65,7 +65,7 @@ func run(m *testing.M) int {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := createNamespace(ctx, leaseNamespace, nil); err != nil {
+	if err := createNamespace(ctx, leaseNamespace, false); err != nil {
 		fmt.Println(err)
 		return 1
 	}

@@ -36,7 +36,7 @@ func startReplica(t *testing.T, restCfg *rest.Config, leaseNS, label string) *re
 	ctx := context.Background()
 	r := &replica{port: freePort(), certDir: t.TempDir(), ca: certs.NewCA(t, label+" CA"), label: label}
 	r.ca.Issue(t, r.certDir, 2)
-	require.NoError(t, createNamespace(ctx, leaseNS, nil))
+	require.NoError(t, createNamespace(ctx, leaseNS, false))
 	health := freePort()
 	sctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)

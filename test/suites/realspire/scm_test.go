@@ -72,7 +72,7 @@ registration:
   dnsNameTemplates: ["{{ .PodMeta.Name }}.{{ .PodMeta.Namespace }}.svc"]
 `, trustDomain, scmClusterName)))
 	require.NoError(t, err)
-	require.NoError(t, k8s.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "spire-mesh-injector"}}))
+	require.NoError(t, k8s.Create(ctx, controlplane.Namespace("spire-mesh-injector", false, nil)))
 	health := freePort(t)
 	done := make(chan error, 1)
 	go func() {
@@ -100,11 +100,7 @@ registration:
 	parentID := fmt.Sprintf("spiffe://%s/spire/agent/k8s_psat/%s/%s", trustDomain, scmClusterName, node.UID)
 
 	newNS := func(name string, optedIn bool, ann map[string]string) {
-		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann, Labels: map[string]string{}}}
-		if optedIn {
-			ns.Labels[annotations.InjectionLabel] = annotations.InjectionEnabled
-		}
-		require.NoError(t, k8s.Create(ctx, ns))
+		require.NoError(t, k8s.Create(ctx, controlplane.Namespace(name, optedIn, ann)))
 	}
 	newPod := func(ns, name, sa string) *corev1.Pod {
 		p := &corev1.Pod{
