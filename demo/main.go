@@ -14,11 +14,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -37,7 +35,6 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 	"github.com/spire-mesh-injector/spire-mesh-injector/server"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/proc"
 )
 
 const demoNamespace = "bookinfo"
@@ -76,37 +73,16 @@ func run(keep bool, out io.Writer) error {
 
 	cfg := config.Default()
 	fmt.Fprintf(out, "==> starting the webhook with the built-in configuration (trust domain %s, className %s)\n", cfg.TrustDomain, cfg.Registration.ClassName)
-	health, err := proc.FreePort()
+	srv, err := controlplane.StartServer(ctx, cfg, server.Options{
+		RestConfig: cp.Config, Host: cp.Host, Port: cp.Port, CertDir: cp.CertDir,
+		MetricsAddr:    "0",
+		LeaderElection: true, LeaderElectionNamespace: "spire-mesh-injector",
+		Log: zap.New(zap.WriteTo(io.Discard)),
+	})
 	if err != nil {
-		return err
+		return fmt.Errorf("webhook server: %w", err)
 	}
-	srvCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() {
-		done <- server.Run(srvCtx, cfg, server.Options{
-			RestConfig: cp.Config, Host: cp.Host, Port: cp.Port, CertDir: cp.CertDir,
-			HealthAddr: "127.0.0.1:" + strconv.Itoa(health), MetricsAddr: "0",
-			LeaderElection: true, LeaderElectionNamespace: "spire-mesh-injector",
-			Log: zap.New(zap.WriteTo(io.Discard)),
-		})
-	}()
-	if err := controlplane.WaitReady(ctx, func(ctx context.Context) (int, error) {
-		select {
-		case err := <-done:
-			return 0, fmt.Errorf("webhook server stopped: %w", err)
-		default:
-		}
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:"+strconv.Itoa(health)+"/readyz", nil)
-		r, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return 0, err
-		}
-		r.Body.Close()
-		return r.StatusCode, nil
-	}); err != nil {
-		return err
-	}
+	defer srv.Shutdown()
 	mwc, err := cp.InstallWebhook(ctx)
 	if err != nil {
 		return err
@@ -153,18 +129,12 @@ func run(keep bool, out io.Writer) error {
 		fmt.Fprintf(out, "==> running; press Ctrl-C to stop\n    kubectl --kubeconfig %s get pods -n %s\n", path, demoNamespace)
 		select {
 		case <-ctx.Done():
-		case err := <-done:
-			return err
+		case <-srv.Done():
+			return srv.Err()
 		}
 	}
 	fmt.Fprintln(out, "==> shutting down")
-	cancel()
-	select {
-	case err := <-done:
-		return err
-	case <-time.After(45 * time.Second):
-		return errors.New("webhook server did not stop")
-	}
+	return srv.Stop(45 * time.Second)
 }
 
 // istioInjectedPod is the pod template of the shipped example Deployment as a pod.

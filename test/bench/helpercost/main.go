@@ -199,15 +199,8 @@ func measure(ctx context.Context, server *spire.Server, agent *spire.Agent, bin,
 	defer func() { _ = p.Stop() }()
 
 	// The agent syncs new entries every few seconds; the helper retries until it has them all.
-	if err := p.WaitReady(ctx, helperReadyWithin, 200*time.Millisecond, "helper ready", func(ctx context.Context) (bool, error) {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:"+strconv.Itoa(health)+"/ready", nil)
-		r, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return false, err
-		}
-		r.Body.Close()
-		return r.StatusCode == http.StatusOK, nil
-	}); err != nil {
+	if err := p.WaitReady(ctx, helperReadyWithin, 200*time.Millisecond, "helper ready",
+		proc.StatusIs("http://127.0.0.1:"+strconv.Itoa(health)+"/ready", http.StatusOK)); err != nil {
 		return Run{}, fmt.Errorf("%w; see %s", err, logPath)
 	}
 	time.Sleep(settle)

@@ -88,15 +88,7 @@ func StartServe(ctx context.Context, o ServeOptions) (*Serve, error) {
 		logf.Close()
 		return nil, err
 	}
-	err = s.WaitReady(ctx, 90*time.Second, 100*time.Millisecond, "serve ready", func(ctx context.Context) (bool, error) {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.health+"/readyz", nil)
-		r, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return false, err
-		}
-		r.Body.Close()
-		return r.StatusCode == http.StatusOK, nil
-	})
+	err = s.WaitReady(ctx, 90*time.Second, 100*time.Millisecond, "serve ready", proc.StatusIs(s.health+"/readyz", http.StatusOK))
 	if err != nil {
 		_ = s.Stop()
 		return nil, fmt.Errorf("%w; see %s", err, o.LogPath)

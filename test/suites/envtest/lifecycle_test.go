@@ -23,6 +23,7 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/certs"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/podtest"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/proc"
 	"github.com/spire-mesh-injector/spire-mesh-injector/webhook"
 )
 
@@ -34,29 +35,18 @@ func TestServerLifecycle(t *testing.T) {
 	dir := t.TempDir()
 	ca := certs.NewCA(t, "lifecycle test CA")
 	ca.Issue(t, dir, 1)
-	hookPort, healthPort, metricsPort := freePort(), freePort(), freePort()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() {
-		done <- server.Run(ctx, testConfig, server.Options{
-			RestConfig: cp.Config, Host: "127.0.0.1", Port: hookPort, CertDir: dir,
-			HealthAddr: "127.0.0.1:" + strconv.Itoa(healthPort), MetricsAddr: "127.0.0.1:" + strconv.Itoa(metricsPort),
-			ShutdownDelay:  2 * time.Second,
-			LeaderElection: true, LeaderElectionNamespace: leaseNamespace,
-			Log: zap.New(zap.WriteTo(io.Discard)),
-		})
-	}()
-	health := "http://127.0.0.1:" + strconv.Itoa(healthPort)
-	ready := make(chan error, 1)
-	go func() { ready <- waitFor(getStatus(health+"/readyz"), 200) }()
-	select {
-	case err := <-ready:
-		require.NoError(t, err)
-	case err := <-done:
-		t.Fatalf("server stopped before it was ready: %v", err)
-	}
-	code, err := getStatus(health + "/healthz")(ctx)
+	hookPort, metricsPort := freePort(), freePort()
+	ctx := context.Background()
+	srv, err := controlplane.StartServer(ctx, testConfig, server.Options{
+		RestConfig: cp.Config, Host: "127.0.0.1", Port: hookPort, CertDir: dir,
+		MetricsAddr:    "127.0.0.1:" + strconv.Itoa(metricsPort),
+		ShutdownDelay:  2 * time.Second,
+		LeaderElection: true, LeaderElectionNamespace: leaseNamespace,
+		Log: zap.New(zap.WriteTo(io.Discard)),
+	})
+	require.NoError(t, err, "the server is ready")
+	defer srv.Shutdown()
+	code, err := proc.GetStatus(ctx, srv.HealthURL+"/healthz")
 	require.NoError(t, err)
 	assert.Equal(t, 200, code)
 
@@ -119,8 +109,9 @@ func TestServerLifecycle(t *testing.T) {
 	_, err = pw.Write(body[:len(body)/2])
 	require.NoError(t, err)
 
-	cancel()
-	require.NoError(t, waitFor(getStatus(health+"/readyz"), http.StatusInternalServerError), "readiness turns false first")
+	srv.Shutdown()
+	require.NoError(t, proc.Poll(ctx, 30*time.Second, 50*time.Millisecond, "readiness false", proc.StatusIs(srv.HealthURL+"/readyz", http.StatusInternalServerError)),
+		"readiness turns false first")
 	resp, err = https(roots2).Post(hook, "application/json", bytes.NewReader(body))
 	require.NoError(t, err, "still answering during the shutdown delay")
 	resp.Body.Close()
@@ -136,32 +127,7 @@ func TestServerLifecycle(t *testing.T) {
 	r.Body.Close()
 	assert.True(t, drained.Response.Allowed)
 	assert.NotEmpty(t, drained.Response.Patch)
-	select {
-	case err := <-done:
-		require.NoError(t, err)
-	case <-time.After(40 * time.Second):
-		t.Fatal("server did not stop")
-	}
+	require.NoError(t, srv.Wait(40*time.Second), "the server stops")
 	_, err = net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(hookPort), time.Second)
 	assert.Error(t, err, "listener closed")
-}
-
-func waitFor(get func(context.Context) (int, error), want int) error {
-	deadline := time.Now().Add(30 * time.Second)
-	var last int
-	for time.Now().Before(deadline) {
-		code, err := get(context.Background())
-		if err == nil && code == want {
-			return nil
-		}
-		last = code
-		time.Sleep(50 * time.Millisecond)
-	}
-	return &statusError{want: want, got: last}
-}
-
-type statusError struct{ want, got int }
-
-func (e *statusError) Error() string {
-	return "wanted HTTP " + strconv.Itoa(e.want) + ", last got " + strconv.Itoa(e.got)
 }

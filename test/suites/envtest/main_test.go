@@ -12,7 +12,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"strconv"
@@ -34,7 +33,6 @@ import (
 var (
 	cp         *controlplane.ControlPlane
 	k8s        client.Client
-	healthURL  string
 	metricsURL string
 	testConfig *config.Config
 )
@@ -74,20 +72,16 @@ func run(m *testing.M) int {
 		fmt.Println(err)
 		return 1
 	}
-	health, metrics := freePort(), freePort()
-	healthURL = "http://127.0.0.1:" + strconv.Itoa(health)
+	metrics := freePort()
 	metricsURL = "https://127.0.0.1:" + strconv.Itoa(metrics) + "/metrics"
-	done := make(chan error, 1)
-	go func() {
-		done <- server.Run(ctx, testConfig, server.Options{
-			RestConfig: cp.Config, Host: cp.Host, Port: cp.Port, CertDir: cp.CertDir,
-			HealthAddr: "127.0.0.1:" + strconv.Itoa(health), MetricsAddr: "127.0.0.1:" + strconv.Itoa(metrics),
-			LeaderElection: true, LeaderElectionNamespace: leaseNamespace,
-			Log: zap.New(zap.WriteTo(os.Stderr), zap.Level(zapLevel())),
-		})
-	}()
-	if err := controlplane.WaitReady(ctx, getStatus(healthURL+"/readyz")); err != nil {
-		fmt.Println("server:", err, verboseReadyz())
+	srv, err := controlplane.StartServer(ctx, testConfig, server.Options{
+		RestConfig: cp.Config, Host: cp.Host, Port: cp.Port, CertDir: cp.CertDir,
+		MetricsAddr:    "127.0.0.1:" + strconv.Itoa(metrics),
+		LeaderElection: true, LeaderElectionNamespace: leaseNamespace,
+		Log: zap.New(zap.WriteTo(os.Stderr), zap.Level(zapLevel())),
+	})
+	if err != nil {
+		fmt.Println("server:", err)
 		return 1
 	}
 	if _, err := cp.InstallWebhook(ctx); err != nil {
@@ -99,40 +93,11 @@ func run(m *testing.M) int {
 		return 1
 	}
 	code := m.Run()
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			fmt.Println("server:", err)
-			return 1
-		}
-	case <-time.After(40 * time.Second):
-		fmt.Println("server did not stop")
+	if err := srv.Stop(40 * time.Second); err != nil {
+		fmt.Println("server:", err)
 		return 1
 	}
 	return code
-}
-
-func getStatus(url string) func(context.Context) (int, error) {
-	return func(ctx context.Context) (int, error) {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		r, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return 0, err
-		}
-		r.Body.Close()
-		return r.StatusCode, nil
-	}
-}
-
-func verboseReadyz() string {
-	r, err := http.Get(healthURL + "/readyz?verbose=1")
-	if err != nil {
-		return err.Error()
-	}
-	defer r.Body.Close()
-	b, _ := io.ReadAll(r.Body)
-	return string(b)
 }
 
 func freePort() int {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"strconv"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -37,20 +36,19 @@ func startReplica(t *testing.T, restCfg *rest.Config, leaseNS, label string) *re
 	r := &replica{port: freePort(), certDir: t.TempDir(), ca: certs.NewCA(t, label+" CA"), label: label}
 	r.ca.Issue(t, r.certDir, 2)
 	require.NoError(t, createNamespace(ctx, leaseNS, false))
-	health := freePort()
 	sctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
+	t.Cleanup(cancel)
+	srv, err := controlplane.StartServer(sctx, testConfig, server.Options{RestConfig: restCfg, Host: "127.0.0.1", Port: r.port, CertDir: r.certDir,
+		MetricsAddr: "0", LeaderElection: true, LeaderElectionNamespace: leaseNS,
+		Log: zap.New(zap.WriteTo(io.Discard))})
+	require.NoError(t, err)
 	go func() {
-		err := server.Run(sctx, testConfig, server.Options{RestConfig: restCfg, Host: "127.0.0.1", Port: r.port, CertDir: r.certDir,
-			HealthAddr: "127.0.0.1:" + strconv.Itoa(health), MetricsAddr: "0", LeaderElection: true, LeaderElectionNamespace: leaseNS,
-			Log: zap.New(zap.WriteTo(io.Discard))})
-		if err != nil && sctx.Err() == nil {
+		<-srv.Done()
+		if err := srv.Err(); err != nil && sctx.Err() == nil {
 			t.Errorf("replica %s stopped: %v", label, err)
 		}
-		done <- err
 	}()
-	t.Cleanup(func() { cancel(); <-done })
-	require.NoError(t, controlplane.WaitReady(ctx, getStatus("http://127.0.0.1:"+strconv.Itoa(health)+"/readyz")))
+	t.Cleanup(func() { cancel(); <-srv.Done() })
 
 	mwc, err := controlplane.WebhookConfiguration(fmt.Sprintf("https://127.0.0.1:%d", r.port), r.ca.PEM)
 	require.NoError(t, err)

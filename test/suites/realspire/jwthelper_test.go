@@ -59,12 +59,8 @@ func TestJWTHelperAgainstRealSPIRE(t *testing.T) {
 	})
 	base := "http://127.0.0.1:" + strconv.Itoa(health)
 	status := func(path string) int {
-		r, err := http.Get(base + path)
-		if err != nil {
-			return 0
-		}
-		r.Body.Close()
-		return r.StatusCode
+		code, _ := proc.GetStatus(context.Background(), base+path)
+		return code
 	}
 	require.Eventually(t, func() bool { return status("/ready") == 200 }, 60*time.Second, 100*time.Millisecond, "helper never ready")
 	assert.Equal(t, 200, status("/healthz"))

@@ -5,10 +5,8 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
@@ -73,22 +71,11 @@ registration:
 `, trustDomain, scmClusterName)))
 	require.NoError(t, err)
 	require.NoError(t, k8s.Create(ctx, controlplane.Namespace("spire-mesh-injector", false, nil)))
-	health := freePort(t)
-	done := make(chan error, 1)
-	go func() {
-		done <- smiserver.Run(ctx, cfg, smiserver.Options{RestConfig: cp.Config, Host: cp.Host, Port: cp.Port, CertDir: cp.CertDir,
-			HealthAddr: "127.0.0.1:" + strconv.Itoa(health), MetricsAddr: "0", LeaderElection: true, LeaderElectionNamespace: "spire-mesh-injector",
-			Log: zap.New(zap.WriteTo(io.Discard))})
-	}()
-	t.Cleanup(func() { cancel(); <-done })
-	require.Eventually(t, func() bool {
-		r, err := http.Get("http://127.0.0.1:" + strconv.Itoa(health) + "/readyz")
-		if err != nil {
-			return false
-		}
-		r.Body.Close()
-		return r.StatusCode == 200
-	}, 60*time.Second, 100*time.Millisecond)
+	srv, err := controlplane.StartServer(ctx, cfg, smiserver.Options{RestConfig: cp.Config, Host: cp.Host, Port: cp.Port, CertDir: cp.CertDir,
+		MetricsAddr: "0", LeaderElection: true, LeaderElectionNamespace: "spire-mesh-injector",
+		Log: zap.New(zap.WriteTo(io.Discard))})
+	require.NoError(t, err)
+	t.Cleanup(func() { cancel(); <-srv.Done() })
 	_, err = cp.InstallWebhook(ctx)
 	require.NoError(t, err)
 
