@@ -123,28 +123,28 @@ func newCheckEnv(t *testing.T) *checkEnv {
 		w.ClientConfig.Service = &admissionregistrationv1.ServiceReference{Namespace: e.infra, Name: "spire-mesh-injector", Path: chkRef("/mutate-pods")}
 		w.ObjectSelector.MatchExpressions = append(w.ObjectSelector.MatchExpressions, metav1.LabelSelectorRequirement{Key: "smi-check-inert", Operator: metav1.LabelSelectorOpExists})
 	}
-	chkCreate(t, mwc)
-	chkCreate(t, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "spire-mesh-injector", Namespace: e.infra},
+	createForTest(t, mwc)
+	createForTest(t, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "spire-mesh-injector", Namespace: e.infra},
 		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "webhook", Port: 443}}}})
-	chkCreate(t, &discoveryv1.EndpointSlice{
+	createForTest(t, &discoveryv1.EndpointSlice{
 		ObjectMeta:  metav1.ObjectMeta{Name: "spire-mesh-injector-1", Namespace: e.infra, Labels: map[string]string{discoveryv1.LabelServiceName: "spire-mesh-injector"}},
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.0.0.1"}, Conditions: discoveryv1.EndpointConditions{Ready: chkRef(true)}}},
 	})
-	chkCreate(t, &admissionregistrationv1.ValidatingAdmissionPolicyBinding{ObjectMeta: metav1.ObjectMeta{Name: e.mwc},
+	createForTest(t, &admissionregistrationv1.ValidatingAdmissionPolicyBinding{ObjectMeta: metav1.ObjectMeta{Name: e.mwc},
 		Spec: admissionregistrationv1.ValidatingAdmissionPolicyBindingSpec{PolicyName: "smi-check-no-such-policy", ValidationActions: []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny}}})
-	chkCreate(t, &storagev1.CSIDriver{ObjectMeta: metav1.ObjectMeta{Name: e.csi, Labels: map[string]string{check.CSIProfileLabel: "restricted"}},
+	createForTest(t, &storagev1.CSIDriver{ObjectMeta: metav1.ObjectMeta{Name: e.csi, Labels: map[string]string{check.CSIProfileLabel: "restricted"}},
 		Spec: storagev1.CSIDriverSpec{VolumeLifecycleModes: []storagev1.VolumeLifecycleMode{storagev1.VolumeLifecycleEphemeral}}})
-	chkCreate(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio", Namespace: e.infra},
+	createForTest(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio", Namespace: e.infra},
 		Data: map[string]string{"mesh": "trustDomain: example.org\ndefaultConfig:\n  discoveryAddress: istiod.istio-system.svc:15012\n"}})
-	chkCreate(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "spire-controller-manager", Namespace: e.infra},
+	createForTest(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "spire-controller-manager", Namespace: e.infra},
 		Data: map[string]string{"controller-manager-config.yaml": "apiVersion: spire.spiffe.io/v1alpha1\nkind: ControllerManagerConfig\ntrustDomain: example.org\nclusterName: envtest\nclassName: " + config.DefaultClassName + "\n"}})
 	ztwim := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "operator.openshift.io/v1alpha1", "kind": "ZeroTrustWorkloadIdentityManager",
 		"metadata": map[string]any{"name": e.ztwim},
 		"spec":     map[string]any{"trustDomain": "example.org", "clusterName": "envtest"},
 	}}
-	chkCreate(t, ztwim)
+	createForTest(t, ztwim)
 	ra := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
 		"metadata": map[string]any{"name": "orders", "namespace": e.ns},
@@ -152,10 +152,10 @@ func newCheckEnv(t *testing.T) *checkEnv {
 			"issuer": "https://oidc-discovery.example.org", "audiences": []any{"orders"},
 		}}},
 	}}
-	chkCreate(t, ra)
+	createForTest(t, ra)
 
 	mesh := plainPod(e.ns, "reviews-6b7c9d-x2k4p", map[string]string{"app": "reviews", "pod-template-hash": "6b7c9d"})
-	mesh.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "reviews-6b7c9d", UID: "rs-uid", Controller: chkRef(true)}}
+	ownedByReplicaSet(mesh, "reviews-6b7c9d", "rs-uid")
 	mesh.Annotations = map[string]string{annotations.AudienceAnnotation: "orders"}
 	podtest.IstioStandIn(mesh, true)
 	plain := plainPod(e.ns, "ratings-0", map[string]string{"app": "ratings"})
@@ -180,14 +180,7 @@ func (e *checkEnv) setStats(t *testing.T, stats spirev1alpha1.ClusterSPIFFEIDSta
 	require.NoError(t, k8s.Status().Update(context.Background(), reg))
 }
 
-// create creates obj and deletes it when the test ends (cluster-scoped objects outlive namespaces).
-func chkCreate(t *testing.T, obj client.Object) {
-	t.Helper()
-	require.NoError(t, k8s.Create(context.Background(), obj), "%T %s", obj, obj.GetName())
-	t.Cleanup(func() { _ = k8s.Delete(context.Background(), obj) })
-}
-
-// runCheck runs the check with a fresh client (a fresh discovery cache: CRDs may be new) as
+// chkRun runs the check with a fresh client (a fresh discovery cache: CRDs may be new) as
 // cfg's user.
 func chkRun(t *testing.T, cfg *rest.Config, o check.Options) *check.Report {
 	t.Helper()
@@ -198,7 +191,7 @@ func chkRun(t *testing.T, cfg *rest.Config, o check.Options) *check.Report {
 	return r
 }
 
-// requireFinding asserts that the report has a finding of check id with status want whose text
+// chkRequire asserts that the report has a finding of check id with status want whose text
 // contains fragment, and that nothing else in it is worse than OK unless listed in also.
 func chkRequire(t *testing.T, r *check.Report, id check.ID, want check.Status, fragment string, also ...check.ID) {
 	t.Helper()
@@ -245,12 +238,12 @@ func TestCheckFindings(t *testing.T) {
 		also     []check.ID
 	}{
 		{"webhook configuration without CA bundle", func(t *testing.T, e *checkEnv) {
-			chkUpdate(t, &admissionregistrationv1.MutatingWebhookConfiguration{}, e.mwc, "", func(o client.Object) {
+			update(t, &admissionregistrationv1.MutatingWebhookConfiguration{}, e.mwc, "", func(o client.Object) {
 				o.(*admissionregistrationv1.MutatingWebhookConfiguration).Webhooks[0].ClientConfig.CABundle = nil
 			})
 		}, check.CheckWebhookConfiguration, check.Fail, "has no caBundle", nil},
 		{"webhook Service without ready endpoints", func(t *testing.T, e *checkEnv) {
-			chkUpdate(t, &discoveryv1.EndpointSlice{}, "spire-mesh-injector-1", e.infra, func(o client.Object) {
+			update(t, &discoveryv1.EndpointSlice{}, "spire-mesh-injector-1", e.infra, func(o client.Object) {
 				o.(*discoveryv1.EndpointSlice).Endpoints[0].Conditions.Ready = chkRef(false)
 			})
 		}, check.CheckWebhookEndpoints, check.Fail, "has no ready endpoints", nil},
@@ -258,7 +251,7 @@ func TestCheckFindings(t *testing.T) {
 			require.NoError(t, k8s.Delete(ctx, &admissionregistrationv1.ValidatingAdmissionPolicyBinding{ObjectMeta: metav1.ObjectMeta{Name: e.mwc}}))
 		}, check.CheckWebhookFailurePolicy, check.Warn, "without the safety net", nil},
 		{"namespaceSelector that ignores the opt-in label", func(t *testing.T, e *checkEnv) {
-			chkUpdate(t, &admissionregistrationv1.MutatingWebhookConfiguration{}, e.mwc, "", func(o client.Object) {
+			update(t, &admissionregistrationv1.MutatingWebhookConfiguration{}, e.mwc, "", func(o client.Object) {
 				o.(*admissionregistrationv1.MutatingWebhookConfiguration).Webhooks[0].NamespaceSelector.MatchLabels = map[string]string{"sidecar-injection": "enabled"}
 			})
 		}, check.CheckWebhookConfiguration, check.Fail, "does not select namespaces labelled spire-injection=enabled", []check.ID{check.CheckNamespaceSelector}},
@@ -266,10 +259,10 @@ func TestCheckFindings(t *testing.T) {
 			require.NoError(t, k8s.Delete(ctx, &storagev1.CSIDriver{ObjectMeta: metav1.ObjectMeta{Name: e.csi}}))
 		}, check.CheckCSIDriver, check.Fail, "not found", nil},
 		{"CSI driver without OpenShift's profile label", func(t *testing.T, e *checkEnv) {
-			chkUpdate(t, &storagev1.CSIDriver{}, e.csi, "", func(o client.Object) { o.SetLabels(nil) })
+			update(t, &storagev1.CSIDriver{}, e.csi, "", func(o client.Object) { o.SetLabels(nil) })
 		}, check.CheckCSIDriver, check.Warn, "no security.openshift.io/csi-ephemeral-volume-profile label", nil},
 		{"Istio trust domain differs", func(t *testing.T, e *checkEnv) {
-			chkUpdate(t, &corev1.ConfigMap{}, "istio", e.infra, func(o client.Object) {
+			update(t, &corev1.ConfigMap{}, "istio", e.infra, func(o client.Object) {
 				o.(*corev1.ConfigMap).Data["mesh"] = "trustDomain: cluster.local\n"
 			})
 		}, check.CheckTrustDomain, check.Fail, "cluster.local", nil},
@@ -277,12 +270,12 @@ func TestCheckFindings(t *testing.T) {
 			u := &unstructured.Unstructured{}
 			u.SetAPIVersion("operator.openshift.io/v1alpha1")
 			u.SetKind("ZeroTrustWorkloadIdentityManager")
-			chkUpdate(t, u, e.ztwim, "", func(o client.Object) {
+			update(t, u, e.ztwim, "", func(o client.Object) {
 				require.NoError(t, unstructured.SetNestedField(o.(*unstructured.Unstructured).Object, "apps.example.com", "spec", "trustDomain"))
 			})
 		}, check.CheckTrustDomain, check.Fail, "apps.example.com", nil},
 		{"mesh-wide socket file differs", func(t *testing.T, e *checkEnv) {
-			chkUpdate(t, &corev1.ConfigMap{}, "istio", e.infra, func(o client.Object) {
+			update(t, &corev1.ConfigMap{}, "istio", e.infra, func(o client.Object) {
 				o.(*corev1.ConfigMap).Data["mesh"] = "trustDomain: example.org\ndefaultConfig:\n  proxyMetadata:\n    WORKLOAD_IDENTITY_SOCKET_FILE: socket.sock\n"
 			})
 		}, check.CheckSocketFile, check.Warn, "socket.sock", nil},
@@ -293,7 +286,7 @@ func TestCheckFindings(t *testing.T) {
 			e.opts.ZTWIMName = "absent"
 		}, check.CheckSocketFile, check.Fail, "kubectl -n ", []check.ID{check.CheckRegistration}},
 		{"spire-controller-manager of another class", func(t *testing.T, e *checkEnv) {
-			chkUpdate(t, &corev1.ConfigMap{}, "spire-controller-manager", e.infra, func(o client.Object) {
+			update(t, &corev1.ConfigMap{}, "spire-controller-manager", e.infra, func(o client.Object) {
 				cm := o.(*corev1.ConfigMap)
 				cm.Data["controller-manager-config.yaml"] = strings.Replace(cm.Data["controller-manager-config.yaml"], config.DefaultClassName, "spire-mesh", 1)
 			})
@@ -301,7 +294,7 @@ func TestCheckFindings(t *testing.T) {
 		{"registrations of a class nobody reconciles any more", func(t *testing.T, e *checkEnv) {
 			// spire-controller-manager and the configuration moved to another class; the webhook
 			// has not restarted, so its registrations keep the old one.
-			chkUpdate(t, &corev1.ConfigMap{}, "spire-controller-manager", e.infra, func(o client.Object) {
+			update(t, &corev1.ConfigMap{}, "spire-controller-manager", e.infra, func(o client.Object) {
 				cm := o.(*corev1.ConfigMap)
 				cm.Data["controller-manager-config.yaml"] = strings.Replace(cm.Data["controller-manager-config.yaml"], config.DefaultClassName, "spire-mesh", 1)
 			})
@@ -317,7 +310,7 @@ func TestCheckFindings(t *testing.T) {
 			e.opts.Namespaces = []string{namespace(t, false, nil)}
 		}, check.CheckNamespaceSelector, check.Fail, "spire-injection=enabled, then restart its workloads", nil},
 		{"competing registration", func(t *testing.T, e *checkEnv) {
-			chkCreate(t, &spirev1alpha1.ClusterSPIFFEID{ObjectMeta: metav1.ObjectMeta{Name: "legacy-" + e.ns},
+			createForTest(t, &spirev1alpha1.ClusterSPIFFEID{ObjectMeta: metav1.ObjectMeta{Name: "legacy-" + e.ns},
 				Spec: spirev1alpha1.ClusterSPIFFEIDSpec{
 					SPIFFEIDTemplate:  "spiffe://{{ .TrustDomain }}/legacy/{{ .PodMeta.Name }}",
 					ClassName:         config.DefaultClassName,
@@ -327,9 +320,9 @@ func TestCheckFindings(t *testing.T) {
 		{"pod created before the namespace opted in", func(t *testing.T, e *checkEnv) {
 			ns := namespace(t, false, nil)
 			p := plainPod(ns, "web-5f6d7c-abcde", map[string]string{"app": "web", "pod-template-hash": "5f6d7c"})
-			p.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "web-5f6d7c", UID: "rs-uid", Controller: chkRef(true)}}
+			ownedByReplicaSet(p, "web-5f6d7c", "rs-uid")
 			require.NoError(t, k8s.Create(ctx, p))
-			chkUpdate(t, &corev1.Namespace{}, ns, "", func(o client.Object) {
+			update(t, &corev1.Namespace{}, ns, "", func(o client.Object) {
 				o.SetLabels(map[string]string{annotations.InjectionLabel: annotations.InjectionEnabled})
 			})
 			e.opts.Namespaces = []string{ns}
@@ -338,7 +331,7 @@ func TestCheckFindings(t *testing.T) {
 			u := &unstructured.Unstructured{}
 			u.SetAPIVersion("security.istio.io/v1")
 			u.SetKind("RequestAuthentication")
-			chkUpdate(t, u, "orders", e.ns, func(o client.Object) {
+			update(t, u, "orders", e.ns, func(o client.Object) {
 				rules := []any{map[string]any{"issuer": "https://oidc-discovery.example.org", "audiences": []any{"payments"}}}
 				require.NoError(t, unstructured.SetNestedSlice(o.(*unstructured.Unstructured).Object, rules, "spec", "jwtRules"))
 			})
@@ -359,7 +352,7 @@ func TestCheckFindings(t *testing.T) {
 // check tells.
 func TestCheckRegistrationRejectedByParser(t *testing.T) {
 	ns := namespace(t, true, nil)
-	chkCreate(t, &spirev1alpha1.ClusterSPIFFEID{ObjectMeta: metav1.ObjectMeta{Name: registration.Name(ns)},
+	createForTest(t, &spirev1alpha1.ClusterSPIFFEID{ObjectMeta: metav1.ObjectMeta{Name: registration.Name(ns)},
 		Spec: spirev1alpha1.ClusterSPIFFEIDSpec{SPIFFEIDTemplate: "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace", ClassName: config.DefaultClassName}})
 	p := plainPod(ns, "app", nil)
 	require.NoError(t, k8s.Create(context.Background(), p))
@@ -374,20 +367,15 @@ func TestCheckRegistrationRejectedByParser(t *testing.T) {
 func TestCheckReadsTheWebhookConfiguration(t *testing.T) {
 	ctx := context.Background()
 	ns := namespace(t, false, nil)
+	selector, template := podTemplate(map[string]string{"app": "smi"}, corev1.PodSpec{
+		Containers: []corev1.Container{{Name: "webhook", Image: "smi", Args: []string{"serve", "--config=/etc/spire-mesh-injector/config.yaml"},
+			VolumeMounts: []corev1.VolumeMount{{Name: "config", MountPath: "/etc/spire-mesh-injector"}}}},
+		Volumes: []corev1.Volume{{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: "spire-mesh-injector-config-abc123"}}}}},
+	})
 	dep := &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: "spire-mesh-injector", Namespace: ns},
-		Spec: appsv1.DeploymentSpec{
-			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "smi"}},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "smi"}},
-				Spec: corev1.PodSpec{
-					Containers: []corev1.Container{{Name: "webhook", Image: "smi", Args: []string{"serve", "--config=/etc/spire-mesh-injector/config.yaml"},
-						VolumeMounts: []corev1.VolumeMount{{Name: "config", MountPath: "/etc/spire-mesh-injector"}}}},
-					Volumes: []corev1.Volume{{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
-						LocalObjectReference: corev1.LocalObjectReference{Name: "spire-mesh-injector-config-abc123"}}}}},
-				},
-			},
-		},
+		Spec:       appsv1.DeploymentSpec{Selector: selector, Template: template},
 	}
 	require.NoError(t, k8s.Create(ctx, dep))
 	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "spire-mesh-injector-config-abc123", Namespace: ns},
@@ -443,13 +431,13 @@ func TestCheckRBACIsReadOnlyAndSufficient(t *testing.T) {
 			}
 			assert.NotContains(t, rule.Resources, "secrets")
 		}
-		chkCreate(t, obj)
+		createForTest(t, obj)
 	}
 	assert.ElementsMatch(t, []string{"ClusterRole", "Role"}, kinds)
-	chkCreate(t, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "smi-check-test"},
+	createForTest(t, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "smi-check-test"},
 		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "spire-mesh-injector-check"},
 		Subjects: []rbacv1.Subject{{Kind: rbacv1.UserKind, Name: "checker"}}})
-	chkCreate(t, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "smi-check-test", Namespace: leaseNamespace},
+	createForTest(t, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "smi-check-test", Namespace: leaseNamespace},
 		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "spire-mesh-injector-check"},
 		Subjects: []rbacv1.Subject{{Kind: rbacv1.UserKind, Name: "checker"}}})
 
@@ -457,12 +445,12 @@ func TestCheckRBACIsReadOnlyAndSufficient(t *testing.T) {
 	for _, n := range []string{"istio-system", "zero-trust-workload-identity-manager"} {
 		require.NoError(t, createNamespace(ctx, n, false))
 	}
-	chkCreate(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio", Namespace: "istio-system"}, Data: map[string]string{"mesh": "trustDomain: example.org\n"}})
-	chkCreate(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "spire-controller-manager", Namespace: "zero-trust-workload-identity-manager"},
+	createForTest(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio", Namespace: "istio-system"}, Data: map[string]string{"mesh": "trustDomain: example.org\n"}})
+	createForTest(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "spire-controller-manager", Namespace: "zero-trust-workload-identity-manager"},
 		Data: map[string]string{"config.yaml": "kind: ControllerManagerConfig\ntrustDomain: example.org\nclassName: " + config.DefaultClassName + "\n"}})
-	chkCreate(t, &unstructured.Unstructured{Object: map[string]any{"apiVersion": "operator.openshift.io/v1alpha1", "kind": "ZeroTrustWorkloadIdentityManager",
+	createForTest(t, &unstructured.Unstructured{Object: map[string]any{"apiVersion": "operator.openshift.io/v1alpha1", "kind": "ZeroTrustWorkloadIdentityManager",
 		"metadata": map[string]any{"name": "cluster"}, "spec": map[string]any{"trustDomain": "example.org"}}})
-	chkCreate(t, &storagev1.CSIDriver{ObjectMeta: metav1.ObjectMeta{Name: testConfig.CSIDriver},
+	createForTest(t, &storagev1.CSIDriver{ObjectMeta: metav1.ObjectMeta{Name: testConfig.CSIDriver},
 		Spec: storagev1.CSIDriverSpec{VolumeLifecycleModes: []storagev1.VolumeLifecycleMode{storagev1.VolumeLifecycleEphemeral}}})
 	ns := namespace(t, true, nil)
 	require.NoError(t, k8s.Create(ctx, plainPod(ns, "app", nil)))
@@ -485,13 +473,6 @@ func TestCheckRBACIsReadOnlyAndSufficient(t *testing.T) {
 	// The suite's webhook is reachable at a URL and its registration exists: the report is about
 	// this namespace, read in full.
 	chkRequire(t, checker, check.CheckRegistration, check.OK, "present and valid", check.CheckWebhookFailurePolicy, check.CheckRegistrationStatus, check.CheckCSIDriver)
-}
-
-func chkUpdate(t *testing.T, obj client.Object, name, ns string, change func(client.Object)) {
-	t.Helper()
-	require.NoError(t, k8s.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, obj))
-	change(obj)
-	require.NoError(t, k8s.Update(context.Background(), obj))
 }
 
 func chkWithYAML(t *testing.T, base *config.Config, extra string) *config.Config {

@@ -20,18 +20,14 @@ import (
 func TestDenialEventOnTheController(t *testing.T) {
 	ctx := context.Background()
 	ns := namespace(t, true, nil)
+	selector, template := podTemplate(map[string]string{"app": "web"}, corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "quay.io/example/web:1"}}})
 	rs := &appsv1.ReplicaSet{
 		ObjectMeta: metav1.ObjectMeta{Name: "web-5d4f8", Namespace: ns},
-		Spec: appsv1.ReplicaSetSpec{
-			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "web"}},
-			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "web"}},
-				Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "quay.io/example/web:1"}}}},
-		},
+		Spec:       appsv1.ReplicaSetSpec{Selector: selector, Template: template},
 	}
 	require.NoError(t, k8s.Create(ctx, rs))
-	yes := true
 	pod := plainPod(ns, "web-5d4f8-abcde", map[string]string{"app": "web"})
-	pod.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: rs.Name, UID: rs.UID, Controller: &yes}}
+	ownedByReplicaSet(pod, rs.Name, rs.UID)
 	pod.Annotations = map[string]string{annotations.AudienceAnnotation: "payments,,orders"}
 	err := k8s.Create(ctx, pod)
 	require.Error(t, err)

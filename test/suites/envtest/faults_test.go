@@ -33,10 +33,7 @@ func TestCertificateRotationUnderLoad(t *testing.T) {
 	r := startReplica(t, cp.Config, leaseNamespace, "rotation-test")
 	ns := namespace(t, false, nil)
 	r.serve(t, ns)
-	eventually(t, "the rotation webhook is active", func() bool {
-		p := plainPod(ns, "probe", nil)
-		return k8s.Create(ctx, p, client.DryRunAll) == nil && p.Labels[annotations.InjectedLabel] != ""
-	})
+	eventually(t, "the rotation webhook is active", func() bool { return wiredOnDryRun(ctx, plainPod(ns, "probe", nil)) })
 
 	var created, failed, unwired atomic.Int64
 	stop := make(chan struct{})
@@ -111,16 +108,12 @@ func TestRegistrationRepairedAfterCRDOutage(t *testing.T) {
 
 	ns := namespace(t, true, nil)
 	before := metricSum(t, "spire_mesh_injector_registration_ensures_total", map[string]string{"reason": registration.ReasonCRDMissing})
-	w := &warnings{}
-	cfg := rest.CopyConfig(cp.Config)
-	cfg.WarningHandler = w
-	wc, err := client.New(cfg, client.Options{Scheme: registration.Scheme()})
-	require.NoError(t, err)
 	pod := plainPod(ns, "during-outage", nil)
-	require.NoError(t, wc.Create(ctx, pod), "failurePolicy Ignore admits the pod")
+	warns, err := createCollectingWarnings(ctx, pod)
+	require.NoError(t, err, "failurePolicy Ignore admits the pod")
 	assert.Equal(t, "workload", pod.Labels[annotations.InjectedLabel], "wired all the same")
-	require.NotEmpty(t, w.list)
-	assert.Contains(t, w.list[0], "the ClusterSPIFFEID CRD")
+	require.NotEmpty(t, warns)
+	assert.Contains(t, warns[0], "the ClusterSPIFFEID CRD")
 	assert.Greater(t, metricSum(t, "spire_mesh_injector_registration_ensures_total", map[string]string{"reason": registration.ReasonCRDMissing}), before)
 	waitNamespaceWarning(t, ns, "Registration"+registration.ReasonCRDMissing)
 
@@ -135,7 +128,8 @@ func TestRegistrationRepairedAfterCRDOutage(t *testing.T) {
 	late := namespace(t, true, nil)
 	r.serve(t, late)
 	p2 := plainPod(late, "replica-during-outage", nil)
-	require.NoError(t, wc.Create(ctx, p2))
+	_, err = createCollectingWarnings(ctx, p2)
+	require.NoError(t, err)
 	assert.Equal(t, "workload", p2.Labels[annotations.InjectedLabel])
 	require.False(t, counter.sawPath("/api/v1/pods"), "no registration controller without the CRD")
 
@@ -151,9 +145,9 @@ func TestRegistrationRepairedAfterCRDOutage(t *testing.T) {
 	}, 30*time.Second, 100*time.Millisecond, "the replica sets registrations up once the CRD is served")
 	late2 := namespace(t, true, nil)
 	r.serve(t, late2)
-	w.list = nil
-	require.NoError(t, wc.Create(ctx, plainPod(late2, "replica-after-outage", nil)))
-	assert.Empty(t, w.list, "no warning once the CRD is back")
+	warns, err = createCollectingWarnings(ctx, plainPod(late2, "replica-after-outage", nil))
+	require.NoError(t, err)
+	assert.Empty(t, warns, "no warning once the CRD is back")
 	_, err = getCSID(ctx, late2)
 	require.NoError(t, err, "registration ensured at admission")
 }

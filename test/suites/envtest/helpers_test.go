@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,12 +17,14 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/proc"
 )
 
 func caPool() *x509.CertPool {
@@ -105,22 +108,78 @@ func labelsMatch(m *dto.Metric, match map[string]string) bool {
 	return true
 }
 
-// waitWebhookActive waits until the API server calls the webhook (its configuration informer
-// has the new MutatingWebhookConfiguration), using dry-run creates that leave nothing behind.
+// wiredOnDryRun says whether a webhook wires p in a dry-run create, which leaves nothing behind:
+// how a test sees that the API server calls a webhook configuration it was just given (its
+// configuration informer needs a moment).
+func wiredOnDryRun(ctx context.Context, p *corev1.Pod) bool {
+	return k8s.Create(ctx, p, client.DryRunAll) == nil && p.Labels[annotations.InjectedLabel] != ""
+}
+
+// waitWebhookActive waits until the API server calls the suite's webhook.
 func waitWebhookActive(ctx context.Context) error {
 	ns := "webhook-probe"
 	if err := createNamespace(ctx, ns, true); err != nil {
 		return err
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		p := plainPod(ns, "probe", nil)
-		if err := k8s.Create(ctx, p, client.DryRunAll); err == nil && p.Labels[annotations.InjectedLabel] != "" {
-			return nil
-		}
-		time.Sleep(100 * time.Millisecond)
+	return proc.Poll(ctx, 30*time.Second, 100*time.Millisecond, "the API server calling the webhook", func(ctx context.Context) (bool, error) {
+		return wiredOnDryRun(ctx, plainPod(ns, "probe", nil)), nil
+	})
+}
+
+// createForTest creates obj and deletes it when the test ends (cluster-scoped objects outlive
+// the test's namespaces).
+func createForTest(t *testing.T, obj client.Object) {
+	t.Helper()
+	require.NoError(t, k8s.Create(context.Background(), obj), "%T %s", obj, obj.GetName())
+	t.Cleanup(func() { _ = k8s.Delete(context.Background(), obj) })
+}
+
+// update reads object name (in namespace ns, "" for a cluster-scoped one) into obj, applies change
+// and writes it back.
+func update(t *testing.T, obj client.Object, name, ns string, change func(client.Object)) {
+	t.Helper()
+	require.NoError(t, k8s.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, obj))
+	change(obj)
+	require.NoError(t, k8s.Update(context.Background(), obj))
+}
+
+// warnings collects the admission warnings the API server relays to the client.
+type warnings struct {
+	mu   sync.Mutex
+	list []string
+}
+
+func (w *warnings) HandleWarningHeader(_ int, _ string, text string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.list = append(w.list, text)
+}
+
+// createCollectingWarnings creates obj as the control plane's admin and returns the admission
+// warnings the API server relayed with the response.
+func createCollectingWarnings(ctx context.Context, obj client.Object) ([]string, error) {
+	w := &warnings{}
+	cfg := rest.CopyConfig(cp.Config)
+	cfg.WarningHandler = w
+	c, err := client.New(cfg, client.Options{Scheme: registration.Scheme()})
+	if err != nil {
+		return nil, err
 	}
-	return fmt.Errorf("the API server never called the webhook")
+	err = c.Create(ctx, obj)
+	return w.list, err
+}
+
+// podTemplate is a workload controller's selector and pod template for pods labelled labels and
+// running spec.
+func podTemplate(labels map[string]string, spec corev1.PodSpec) (*metav1.LabelSelector, corev1.PodTemplateSpec) {
+	return &metav1.LabelSelector{MatchLabels: labels}, corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: spec}
+}
+
+// ownedByReplicaSet gives p the owner reference a ReplicaSet's controller gives the pods it
+// creates.
+func ownedByReplicaSet(p *corev1.Pod, name string, uid types.UID) {
+	controller := true
+	p.OwnerReferences = []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: name, UID: uid, Controller: &controller}}
 }
 
 // waitNamespaceWarning waits for a Warning Event with reason on Namespace ns. Events about a

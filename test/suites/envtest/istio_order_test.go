@@ -59,7 +59,6 @@ func istioWebhook(t *testing.T, ist istiocompat.Injector) string {
 // runs first, wires a plain workload, and is reinvoked once Istio has added its proxy.
 func registerIstio(t *testing.T, url string) {
 	t.Helper()
-	ctx := context.Background()
 	never := admissionregistrationv1.NeverReinvocationPolicy
 	none := admissionregistrationv1.SideEffectClassNone
 	fail := admissionregistrationv1.Fail
@@ -81,8 +80,7 @@ func registerIstio(t *testing.T, url string) {
 				ReinvocationPolicy: &never,
 			}},
 		}
-		require.NoError(t, k8s.Create(ctx, mwc))
-		t.Cleanup(func() { _ = k8s.Delete(context.Background(), mwc) })
+		createForTest(t, mwc)
 	}
 }
 

@@ -15,7 +15,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
@@ -124,20 +123,16 @@ func TestReconcilerRepairsAndRemoves(t *testing.T) {
 		})
 	})
 	t.Run("namespace annotation changed: followed", func(t *testing.T) {
-		nsObj := &corev1.Namespace{}
-		require.NoError(t, k8s.Get(ctx, types.NamespacedName{Name: ns}, nsObj))
-		nsObj.Annotations = map[string]string{annotations.FederatesWithAnnotation: "bank.example,partner.example"}
-		require.NoError(t, k8s.Update(ctx, nsObj))
+		update(t, &corev1.Namespace{}, ns, "", func(o client.Object) {
+			o.SetAnnotations(map[string]string{annotations.FederatesWithAnnotation: "bank.example,partner.example"})
+		})
 		eventually(t, "federatesWith updated", func() bool {
 			again, err := getCSID(ctx, ns)
 			return err == nil && assert.ObjectsAreEqual([]string{"bank.example", "partner.example"}, again.Spec.FederatesWith)
 		})
 	})
 	t.Run("namespace opts out: removed", func(t *testing.T) {
-		nsObj := &corev1.Namespace{}
-		require.NoError(t, k8s.Get(ctx, types.NamespacedName{Name: ns}, nsObj))
-		delete(nsObj.Labels, annotations.InjectionLabel)
-		require.NoError(t, k8s.Update(ctx, nsObj))
+		update(t, &corev1.Namespace{}, ns, "", func(o client.Object) { delete(o.GetLabels(), annotations.InjectionLabel) })
 		eventually(t, "removed", func() bool {
 			_, err := getCSID(ctx, ns)
 			return apierrors.IsNotFound(err)
@@ -182,18 +177,6 @@ func TestConcurrentPodsCreateOneRegistration(t *testing.T) {
 	assert.Equal(t, errorsBefore, metricSum(t, "spire_mesh_injector_registration_ensures_total", map[string]string{"result": "error"}))
 }
 
-// warnings collects the admission warnings the API server relays to the client.
-type warnings struct {
-	mu   sync.Mutex
-	list []string
-}
-
-func (w *warnings) HandleWarningHeader(_ int, _ string, text string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.list = append(w.list, text)
-}
-
 func TestAnotherRegistrationForTheSamePodsIsAConflict(t *testing.T) {
 	ctx := context.Background()
 	ns := namespace(t, true, nil)
@@ -207,22 +190,17 @@ func TestAnotherRegistrationForTheSamePodsIsAConflict(t *testing.T) {
 			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": ns}},
 		},
 	}
-	require.NoError(t, k8s.Create(ctx, theirs))
-	t.Cleanup(func() { _ = k8s.Delete(context.Background(), theirs) })
+	createForTest(t, theirs)
 	conflictsBefore := metricSum(t, "spire_mesh_injector_registration_ensures_total", map[string]string{"reason": registration.ReasonConflict})
 	// Wait until the webhook's cache has it.
 	time.Sleep(500 * time.Millisecond)
 
-	w := &warnings{}
-	cfg := rest.CopyConfig(cp.Config)
-	cfg.WarningHandler = w
-	wc, err := client.New(cfg, client.Options{Scheme: registration.Scheme()})
-	require.NoError(t, err)
 	pod := plainPod(ns, "app", nil)
-	require.NoError(t, wc.Create(ctx, pod), "failurePolicy Ignore admits the pod")
+	warns, err := createCollectingWarnings(ctx, pod)
+	require.NoError(t, err, "failurePolicy Ignore admits the pod")
 	assert.Equal(t, "workload", pod.Labels[annotations.InjectedLabel], "still wired")
-	require.NotEmpty(t, w.list)
-	assert.Contains(t, w.list[0], "no SPIRE identity until the registration is repaired")
+	require.NotEmpty(t, warns)
+	assert.Contains(t, warns[0], "no SPIRE identity until the registration is repaired")
 	assert.Greater(t, metricSum(t, "spire_mesh_injector_registration_ensures_total", map[string]string{"reason": registration.ReasonConflict}), conflictsBefore)
 
 	time.Sleep(time.Second)

@@ -56,16 +56,12 @@ func startReplica(t *testing.T, restCfg *rest.Config, leaseNS, label string) *re
 	fail := admissionregistrationv1.Fail
 	mwc.Webhooks[0].FailurePolicy = &fail
 	mwc.Webhooks[0].NamespaceSelector = &metav1.LabelSelector{MatchLabels: map[string]string{label: "true"}}
-	require.NoError(t, k8s.Create(ctx, mwc))
-	t.Cleanup(func() { _ = k8s.Delete(context.Background(), mwc) })
+	createForTest(t, mwc)
 	return r
 }
 
 // serve labels namespace ns so that the API server sends its pods to the replica.
 func (r *replica) serve(t *testing.T, ns string) {
 	t.Helper()
-	nsObj := &corev1.Namespace{}
-	require.NoError(t, k8s.Get(context.Background(), client.ObjectKey{Name: ns}, nsObj))
-	nsObj.Labels[r.label] = "true"
-	require.NoError(t, k8s.Update(context.Background(), nsObj))
+	update(t, &corev1.Namespace{}, ns, "", func(o client.Object) { o.GetLabels()[r.label] = "true" })
 }

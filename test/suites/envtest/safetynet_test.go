@@ -28,28 +28,22 @@ func TestValidatingPolicySafetyNet(t *testing.T) {
 	y, err := controlplane.Kustomize(filepath.Join(controlplane.Root(), "kustomize", "overlays", "cert-manager"))
 	require.NoError(t, err)
 	decoder := serializer.NewCodecFactory(clientgoscheme.Scheme).UniversalDeserializer()
-	var installed []client.Object
+	installed := 0
 	for _, doc := range bytes.Split(y, []byte("\n---\n")) {
 		if !bytes.Contains(doc, []byte("kind: ValidatingAdmissionPolicy")) {
 			continue
 		}
 		obj, _, err := decoder.Decode(doc, nil, nil)
 		require.NoError(t, err)
-		o := obj.(client.Object)
-		require.NoError(t, k8s.Create(ctx, o))
-		installed = append(installed, o)
+		createForTest(t, obj.(client.Object))
+		installed++
 	}
-	require.Len(t, installed, 2, "policy and binding")
-	t.Cleanup(func() {
-		for _, o := range installed {
-			_ = k8s.Delete(context.Background(), o)
-		}
-	})
+	require.Equal(t, 2, installed, "policy and binding")
 
 	optedIn, other := namespace(t, true, nil), namespace(t, false, nil)
 	eventually(t, "a pod the webhook wired passes the policy", func() bool {
 		p := plainPod(optedIn, "probe", nil)
-		return k8s.Create(ctx, p, client.DryRunAll) == nil && p.Labels[annotations.InjectedLabel] == "workload"
+		return wiredOnDryRun(ctx, p) && p.Labels[annotations.InjectedLabel] == "workload"
 	})
 
 	// The webhook becomes unreachable: failurePolicy Ignore lets the API server go on without it.
@@ -64,10 +58,8 @@ func TestValidatingPolicySafetyNet(t *testing.T) {
 		require.NoError(t, k8s.Get(context.Background(), client.ObjectKey{Name: "spire-mesh-injector"}, cur))
 		cur.Webhooks = saved.Webhooks
 		require.NoError(t, k8s.Update(context.Background(), cur))
-		require.Eventually(t, func() bool {
-			p := plainPod(optedIn, "restored", nil)
-			return k8s.Create(context.Background(), p, client.DryRunAll) == nil && p.Labels[annotations.InjectedLabel] != ""
-		}, 30*time.Second, 100*time.Millisecond, "the webhook is back")
+		require.Eventually(t, func() bool { return wiredOnDryRun(context.Background(), plainPod(optedIn, "restored", nil)) },
+			30*time.Second, 100*time.Millisecond, "the webhook is back")
 	})
 
 	var refusal error
