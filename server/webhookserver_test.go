@@ -21,9 +21,7 @@ import (
 // hold connections open, are cut off by the limits, and a well-behaved client is served meanwhile;
 // past MaxConnections, new connections wait rather than exhaust the process.
 func TestSlowClientsCannotExhaustTheListener(t *testing.T) {
-	dir := t.TempDir()
-	ca := certs.NewCA(t, "listener test CA")
-	ca.Issue(t, dir, 1)
+	ca, dir := certs.NewServing(t, "listener test CA")
 	pool := ca.Pool()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)

@@ -32,9 +32,7 @@ import (
 // reload without a restart; and a graceful shutdown that turns readiness off first and keeps
 // answering admissions until the listener closes.
 func TestServerLifecycle(t *testing.T) {
-	dir := t.TempDir()
-	ca := certs.NewCA(t, "lifecycle test CA")
-	ca.Issue(t, dir, 1)
+	ca, dir := certs.NewServing(t, "lifecycle test CA")
 	hookPort, metricsPort := freePort(), freePort()
 	ctx := context.Background()
 	srv, err := controlplane.StartServer(ctx, testConfig, server.Options{

@@ -33,8 +33,8 @@ type replica struct {
 func startReplica(t *testing.T, restCfg *rest.Config, leaseNS, label string) *replica {
 	t.Helper()
 	ctx := context.Background()
-	r := &replica{port: freePort(), certDir: t.TempDir(), ca: certs.NewCA(t, label+" CA"), label: label}
-	r.ca.Issue(t, r.certDir, 2)
+	r := &replica{port: freePort(), label: label}
+	r.ca, r.certDir = certs.NewServing(t, label+" CA")
 	require.NoError(t, createNamespace(ctx, leaseNS, false))
 	sctx, cancel := context.WithCancel(ctx)
 	t.Cleanup(cancel)
