@@ -120,14 +120,10 @@ func run(rates []int, duration, warmup time.Duration, conns int, out string) err
 		return err
 	}
 	defer func() { _ = cp.Stop() }()
-	bin, err := perf.Build(work, "./cmd/spire-mesh-injector")
-	if err != nil {
-		return err
-	}
 	if err := cp.Client.Create(ctx, controlplane.Namespace(namespace, true, nil)); err != nil {
 		return err
 	}
-	srv, err := cp.Serve(ctx, bin, strings.TrimSuffix(out, filepath.Ext(out))+"-serve.log")
+	srv, err := cp.Serve(ctx, strings.TrimSuffix(out, filepath.Ext(out))+"-serve.log")
 	if err != nil {
 		return err
 	}

@@ -108,18 +108,21 @@ func (s *Serve) Stop() error {
 	return err
 }
 
-// ControlPlane is a kube-apiserver and etcd (test/fixtures/controlplane) with what StartServe needs: a kubeconfig
-// file for the process, and the lease namespace.
+// ControlPlane is a kube-apiserver and etcd (test/fixtures/controlplane) with what StartServe
+// needs: a kubeconfig file for the process, the lease namespace, and the built binary.
 type ControlPlane struct {
 	*controlplane.ControlPlane
 	Client     client.Client
 	Kubeconfig string
+	// bin is the built `serve` binary.
+	bin string
 }
 
 // LeaseNamespace holds the benchmarks' leader election lease.
 const LeaseNamespace = "spire-mesh-injector"
 
-// StartControlPlane starts the control plane, writing its kubeconfig into dir.
+// StartControlPlane starts the control plane, writing its kubeconfig into dir, and builds `serve`
+// into dir for Serve.
 func StartControlPlane(ctx context.Context, dir string) (*ControlPlane, error) {
 	cp, err := controlplane.Start()
 	if err != nil {
@@ -142,12 +145,16 @@ func StartControlPlane(ctx context.Context, dir string) (*ControlPlane, error) {
 		_ = cp.Stop()
 		return nil, err
 	}
+	if c.bin, err = Build(dir, "./cmd/spire-mesh-injector"); err != nil {
+		_ = cp.Stop()
+		return nil, err
+	}
 	return c, nil
 }
 
-// Serve starts `serve` (bin) against the control plane with its serving certificate, logging to
-// logPath.
-func (c *ControlPlane) Serve(ctx context.Context, bin, logPath string) (*Serve, error) {
-	return StartServe(ctx, ServeOptions{Bin: bin, Kubeconfig: c.Kubeconfig, LeaseNamespace: LeaseNamespace,
+// Serve starts the built `serve` against the control plane with its serving certificate, logging
+// to logPath.
+func (c *ControlPlane) Serve(ctx context.Context, logPath string) (*Serve, error) {
+	return StartServe(ctx, ServeOptions{Bin: c.bin, Kubeconfig: c.Kubeconfig, LeaseNamespace: LeaseNamespace,
 		CertDir: c.CertDir, CA: c.CA, LogPath: logPath})
 }

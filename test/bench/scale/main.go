@@ -112,10 +112,6 @@ func run(n, workers int, settle, sample time.Duration, traffic int, out string) 
 		return err
 	}
 	defer func() { _ = cp.Stop() }()
-	bin, err := perf.Build(work, "./cmd/spire-mesh-injector")
-	if err != nil {
-		return err
-	}
 	res := Results{Namespaces: n}
 	// The namespace the background admissions are for; its registration is created by the first.
 	if err := cp.Client.Create(ctx, controlplane.Namespace(trafficNamespace, true, nil)); err != nil {
@@ -138,7 +134,7 @@ func run(n, workers int, settle, sample time.Duration, traffic int, out string) 
 		return m, err
 	}
 
-	srv, err := cp.Serve(ctx, bin, logBase+"-serve-1.log")
+	srv, err := cp.Serve(ctx, logBase+"-serve-1.log")
 	if err != nil {
 		return err
 	}
@@ -174,7 +170,7 @@ func run(n, workers int, settle, sample time.Duration, traffic int, out string) 
 	if err := srv.Stop(); err != nil {
 		return err
 	}
-	srv2, err := cp.Serve(ctx, bin, logBase+"-serve-2.log")
+	srv2, err := cp.Serve(ctx, logBase+"-serve-2.log")
 	if err != nil {
 		return err
 	}
