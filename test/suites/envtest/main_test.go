@@ -10,7 +10,6 @@ package envtest
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -46,8 +45,7 @@ func TestMain(m *testing.M) {
 func run(m *testing.M) int {
 	var err error
 	cp, err = controlplane.Start()
-	if errors.Is(err, tools.ErrNotBuilt) && os.Getenv("SMI_REQUIRE_ENVTEST") == "" {
-		fmt.Println("SKIP: the envtest suite needs a control plane:", err)
+	if tools.SkipSuite(err, "SMI_REQUIRE_ENVTEST", "the envtest suite needs a control plane") {
 		return 0
 	}
 	if err != nil {

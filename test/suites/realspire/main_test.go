@@ -7,7 +7,6 @@ package realspire
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -33,8 +32,7 @@ func TestMain(m *testing.M) { os.Exit(run(m)) }
 func run(m *testing.M) int {
 	var err error
 	assets, err = spire.Assets()
-	if errors.Is(err, tools.ErrNotBuilt) && os.Getenv("SMI_REQUIRE_SPIRE") == "" {
-		fmt.Println("SKIP: the real-SPIRE suite needs SPIRE binaries:", err)
+	if tools.SkipSuite(err, "SMI_REQUIRE_SPIRE", "the real-SPIRE suite needs SPIRE binaries") {
 		return 0
 	}
 	if err != nil {
