@@ -12,6 +12,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 	spirev1alpha1 "github.com/spiffe/spire-controller-manager/api/v1alpha1"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -66,6 +67,25 @@ func getCSID(ctx context.Context, ns string) (*spirev1alpha1.ClusterSPIFFEID, er
 	obj := &spirev1alpha1.ClusterSPIFFEID{}
 	err := k8s.Get(ctx, types.NamespacedName{Name: registration.Name(ns)}, obj)
 	return obj, err
+}
+
+// registeredNamespace creates an opted-in namespace and a first pod in it, and returns the
+// namespace and the registration the webhook ensured before admitting the pod.
+func registeredNamespace(t *testing.T) (string, *spirev1alpha1.ClusterSPIFFEID) {
+	t.Helper()
+	ctx := context.Background()
+	ns := namespace(t, true, nil)
+	require.NoError(t, k8s.Create(ctx, plainPod(ns, "app", nil)))
+	csid, err := getCSID(ctx, ns)
+	require.NoError(t, err)
+	return ns, csid
+}
+
+// registrationGone says whether namespace ns's ClusterSPIFFEID is gone: the API server answers
+// NotFound.
+func registrationGone(ctx context.Context, ns string) bool {
+	_, err := getCSID(ctx, ns)
+	return apierrors.IsNotFound(err)
 }
 
 // eventually polls cond until it holds or the time is up.
@@ -167,6 +187,18 @@ func createCollectingWarnings(ctx context.Context, obj client.Object) ([]string,
 	}
 	err = c.Create(ctx, obj)
 	return w.list, err
+}
+
+// createFailingOpen creates p in a namespace where the webhook fails open on a registration
+// problem: the pod is admitted (failurePolicy Ignore) and wired all the same, with a warning,
+// which it returns.
+func createFailingOpen(t *testing.T, ctx context.Context, p *corev1.Pod) string {
+	t.Helper()
+	warns, err := createCollectingWarnings(ctx, p)
+	require.NoError(t, err, "failurePolicy Ignore admits the pod")
+	assert.Equal(t, "workload", p.Labels[annotations.InjectedLabel], "wired all the same")
+	require.NotEmpty(t, warns)
+	return warns[0]
 }
 
 // podTemplate is a workload controller's selector and pod template for pods labelled labels and

@@ -23,6 +23,7 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
 	"github.com/spire-mesh-injector/spire-mesh-injector/preview"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/istiocompat"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/podtest"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/proc"
 )
 
@@ -154,7 +155,7 @@ func TestIstiosRealWebhookInEitherOrder(t *testing.T) {
 				_, meshed := a.Annotations["sidecar.istio.io/status"]
 				if meshed {
 					require.Equal(t, string(annotations.ModeMesh), a.Labels[annotations.InjectedLabel])
-					_, _, proxyInit := findProxy(a)
+					_, proxyInit := podtest.FindContainer(a, "istio-proxy")
 					assert.Equal(t, native && !isGatewayPod(a), proxyInit, "istio-proxy placement")
 				} else {
 					require.Equal(t, string(annotations.ModeWorkload), a.Labels[annotations.InjectedLabel], "no proxy: a plain workload")
@@ -227,18 +228,4 @@ func comparable(p *corev1.Pod) map[string]any {
 
 func isGatewayPod(p *corev1.Pod) bool {
 	return p.Annotations["inject.istio.io/templates"] == "gateway"
-}
-
-func findProxy(p *corev1.Pod) (*corev1.Container, int, bool) {
-	for i := range p.Spec.InitContainers {
-		if p.Spec.InitContainers[i].Name == "istio-proxy" {
-			return &p.Spec.InitContainers[i], i, true
-		}
-	}
-	for i := range p.Spec.Containers {
-		if p.Spec.Containers[i].Name == "istio-proxy" {
-			return &p.Spec.Containers[i], i, false
-		}
-	}
-	return nil, -1, false
 }

@@ -93,16 +93,12 @@ func TestWebhookIsNotCalledForOptedOutPodsOrOtherNamespaces(t *testing.T) {
 		assert.Empty(t, p.Spec.Volumes, p.Namespace)
 		assert.NotContains(t, p.Annotations, annotations.StatusAnnotation)
 	}
-	_, err := getCSID(ctx, other)
-	assert.True(t, apierrors.IsNotFound(err))
+	assert.True(t, registrationGone(ctx, other))
 }
 
 func TestReconcilerRepairsAndRemoves(t *testing.T) {
 	ctx := context.Background()
-	ns := namespace(t, true, nil)
-	require.NoError(t, k8s.Create(ctx, plainPod(ns, "app", nil)))
-	csid, err := getCSID(ctx, ns)
-	require.NoError(t, err)
+	ns, csid := registeredNamespace(t)
 
 	t.Run("deleted by hand: re-created", func(t *testing.T) {
 		require.NoError(t, k8s.Delete(ctx, csid))
@@ -133,26 +129,17 @@ func TestReconcilerRepairsAndRemoves(t *testing.T) {
 	})
 	t.Run("namespace opts out: removed", func(t *testing.T) {
 		update(t, &corev1.Namespace{}, ns, "", func(o client.Object) { delete(o.GetLabels(), annotations.InjectionLabel) })
-		eventually(t, "removed", func() bool {
-			_, err := getCSID(ctx, ns)
-			return apierrors.IsNotFound(err)
-		})
+		eventually(t, "removed", func() bool { return registrationGone(ctx, ns) })
 	})
 }
 
 func TestNamespaceDeletedRemovesRegistration(t *testing.T) {
 	ctx := context.Background()
-	ns := namespace(t, true, nil)
-	require.NoError(t, k8s.Create(ctx, plainPod(ns, "app", nil)))
-	_, err := getCSID(ctx, ns)
-	require.NoError(t, err)
+	ns, _ := registeredNamespace(t)
 	// envtest runs no namespace controller: the namespace stays Terminating, which is exactly when
 	// the registration must go (not relying on garbage collection).
 	require.NoError(t, k8s.Delete(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}))
-	eventually(t, "removed while the namespace terminates", func() bool {
-		_, err := getCSID(ctx, ns)
-		return apierrors.IsNotFound(err)
-	})
+	eventually(t, "removed while the namespace terminates", func() bool { return registrationGone(ctx, ns) })
 }
 
 func TestConcurrentPodsCreateOneRegistration(t *testing.T) {
@@ -195,23 +182,15 @@ func TestAnotherRegistrationForTheSamePodsIsAConflict(t *testing.T) {
 	// Wait until the webhook's cache has it.
 	time.Sleep(500 * time.Millisecond)
 
-	pod := plainPod(ns, "app", nil)
-	warns, err := createCollectingWarnings(ctx, pod)
-	require.NoError(t, err, "failurePolicy Ignore admits the pod")
-	assert.Equal(t, "workload", pod.Labels[annotations.InjectedLabel], "still wired")
-	require.NotEmpty(t, warns)
-	assert.Contains(t, warns[0], "no SPIRE identity until the registration is repaired")
+	assert.Contains(t, createFailingOpen(t, ctx, plainPod(ns, "app", nil)), "no SPIRE identity until the registration is repaired")
 	assert.Greater(t, metricSum(t, "spire_mesh_injector_registration_ensures_total", map[string]string{"reason": registration.ReasonConflict}), conflictsBefore)
 
 	time.Sleep(time.Second)
-	_, err = getCSID(ctx, ns)
-	assert.True(t, apierrors.IsNotFound(err), "ours is not created next to theirs")
+	assert.True(t, registrationGone(ctx, ns), "ours is not created next to theirs")
 	waitNamespaceWarning(t, ns, "Registration"+registration.ReasonConflict)
 
 	// A fallback registration (as ZTWIM's default) yields to ours: no conflict.
-	require.NoError(t, k8s.Get(ctx, client.ObjectKeyFromObject(theirs), theirs))
-	theirs.Spec.Fallback = true
-	require.NoError(t, k8s.Update(ctx, theirs))
+	update(t, theirs, theirs.Name, "", func(o client.Object) { o.(*spirev1alpha1.ClusterSPIFFEID).Spec.Fallback = true })
 	eventually(t, "ours created once theirs is a fallback", func() bool {
 		_, err := getCSID(ctx, ns)
 		return err == nil

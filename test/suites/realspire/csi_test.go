@@ -75,7 +75,7 @@ func TestWebhookWiringReachesRealSPIRE(t *testing.T) {
 			}
 			require.NotNil(t, vol)
 			require.NotNil(t, vol.CSI)
-			c := findContainer(pod, tc.container)
+			c, _ := podtest.FindContainer(pod, tc.container)
 			var mountPath string
 			for _, m := range c.VolumeMounts {
 				if m.Name == tc.volume {
@@ -129,17 +129,6 @@ func TestWebhookWiringReachesRealSPIRE(t *testing.T) {
 			assert.Equal(t, self, jwt.ID)
 		})
 	}
-}
-
-func findContainer(p *corev1.Pod, name string) *corev1.Container {
-	for _, list := range [][]corev1.Container{p.Spec.InitContainers, p.Spec.Containers} {
-		for i := range list {
-			if list[i].Name == name {
-				return &list[i]
-			}
-		}
-	}
-	return nil
 }
 
 func env(c *corev1.Container, name string) string {
