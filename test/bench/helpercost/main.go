@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/bench/perf"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/proc"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/spire"
 )
@@ -119,7 +120,7 @@ func run(window, settle time.Duration, audiences []string, out string) error {
 		return err
 	}
 	defer agent.Stop()
-	bin, err := perf.Build(work, "./cmd/spiffe-jwt-helper")
+	bin, err := controlplane.Build(work, "./cmd/spiffe-jwt-helper")
 	if err != nil {
 		return err
 	}

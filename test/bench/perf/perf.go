@@ -1,8 +1,8 @@
 // Package perf holds what the performance programs of `make bench` share (test/bench/load,
-// test/bench/scale, test/bench/helpercost, test/bench/benchratio): building the real binaries and
-// running `serve` against a control plane (as processes, with test/fixtures/proc, which also reads
-// their memory and CPU time from /proc), admitting pods to it, scraping Prometheus text metrics,
-// and printing each figure as one greppable line:
+// test/bench/scale, test/bench/helpercost, test/bench/benchratio): running the shipped `serve`
+// binary against a control plane (as a process, with test/fixtures/proc, which also reads its
+// memory and CPU time from /proc), admitting pods to it, scraping Prometheus text metrics, and
+// printing each figure as one greppable line:
 //
 //	BENCH <figure-name>: <value> (target <target>) met|missed
 //
@@ -21,13 +21,10 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
 )
 
 // Line prints one figure in the form `make bench` promises. A figure without a numeric target
@@ -51,20 +48,6 @@ func WriteJSON(path string, v any) error {
 		return err
 	}
 	return os.WriteFile(path, append(b, '\n'), 0o644)
-}
-
-// Build builds the main package pkg (relative to the repository, e.g. ./cmd/spire-mesh-injector)
-// into dir and returns the binary's path. It builds as `make build` does (static, stripped), so
-// the memory measured is the shipped binary's.
-func Build(dir, pkg string) (string, error) {
-	out := filepath.Join(dir, filepath.Base(pkg))
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, pkg)
-	cmd.Dir = controlplane.Root()
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
-	}
-	return out, nil
 }
 
 // Metrics is one scrape of a Prometheus text endpoint: each sample by its series as written

@@ -145,7 +145,7 @@ func StartControlPlane(ctx context.Context, dir string) (*ControlPlane, error) {
 		_ = cp.Stop()
 		return nil, err
 	}
-	if c.bin, err = Build(dir, "./cmd/spire-mesh-injector"); err != nil {
+	if c.bin, err = controlplane.Build(dir, "./cmd/spire-mesh-injector"); err != nil {
 		_ = cp.Stop()
 		return nil, err
 	}

@@ -2,10 +2,7 @@ package realspire
 
 import (
 	"context"
-	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
@@ -36,17 +33,11 @@ var (
 	buildErr  error
 )
 
-// helperBinary builds cmd/spiffe-jwt-helper once: the tests run the real binary.
+// helperBinary builds cmd/spiffe-jwt-helper once, as shipped: the tests run the real binary.
 func helperBinary(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		helperBin = filepath.Join(workDir, "spiffe-jwt-helper")
-		cmd := exec.Command("go", "build", "-o", helperBin, "./cmd/spiffe-jwt-helper")
-		cmd.Dir = controlplane.Root()
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("building the helper: %w: %s", err, out)
-		}
+		helperBin, buildErr = controlplane.Build(workDir, "./cmd/spiffe-jwt-helper")
 	})
 	require.NoError(t, buildErr)
 	return helperBin
