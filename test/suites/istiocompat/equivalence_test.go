@@ -1,3 +1,7 @@
+// Package istiocompat_test is the Istio-compatibility suite: spire-mesh-injector checked against
+// Istio's own injector (istio-injector from the module test/istio, run through
+// test/fixtures/istiocompat) on the workloads of testdata/corpus, which the envtest suite's
+// Istio-order test reads too.
 package istiocompat_test
 
 import (
