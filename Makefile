@@ -35,6 +35,8 @@ lint:
 tools:
 	@$(TOOLS) kube && $(TOOLS) spire && $(TOOLS) scm && $(TOOLS) promtool && $(TOOLS) istio
 
+# unit: go test ./... with every real component built and required (test/README.md maps the
+# suites and the variables each needs), then test/istio, a module of its own.
 unit:
 	@kube=$$($(TOOLS) kube) && spire=$$($(TOOLS) spire) && scm=$$($(TOOLS) scm) && promtool=$$($(TOOLS) promtool) && \
 	  istio=$$($(TOOLS) istio) && \
