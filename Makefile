@@ -12,7 +12,7 @@ FUZZ_TARGETS := FuzzChainShapes FuzzChainJSON
 # The steps of `make bench`, one per figure of docs/performance.md, in figure order.
 BENCH_STEPS := bench-handler bench-istio bench-load bench-steady bench-scale bench-helper
 
-TOOLS := test/tools/build.sh
+TOOLS := test/fixtures/tools/build.sh
 
 .PHONY: all build test lint unit fuzz-brief fuzz bench $(BENCH_STEPS) example demo tools clean
 
@@ -44,6 +44,8 @@ lint:
 tools:
 	@$(TOOLS) kube && $(TOOLS) spire && $(TOOLS) scm && $(TOOLS) promtool && $(TOOLS) istio && $(TOOLS) lint
 
+# unit: go test ./... with every real component built and required (test/README.md maps the
+# suites and the variables each needs), then test/istio, a module of its own.
 unit:
 	@kube=$$($(TOOLS) kube) && spire=$$($(TOOLS) spire) && scm=$$($(TOOLS) scm) && promtool=$$($(TOOLS) promtool) && \
 	  istio=$$($(TOOLS) istio) && \
@@ -86,7 +88,7 @@ bench:
 bench-handler:
 	@mkdir -p bench-results && set -o pipefail && \
 	  $(GO) test -run '^$$' -bench '^BenchmarkAdmission$$' -benchmem -count 8 ./webhook | tee bench-results/webhook.txt && \
-	  $(GO) run ./test/benchratio handler bench-results/webhook.txt | tee bench-results/$@.bench
+	  $(GO) run ./test/bench/benchratio handler bench-results/webhook.txt | tee bench-results/$@.bench
 
 # Figure 2: Istio's own injector on the same pods, side by side. It lives in test/istio (its own Go
 # module) and brings its own script, which prints its BENCH lines; until then this step says so.
@@ -98,29 +100,29 @@ bench-istio:
 # Figure 3: the real `serve` binary over HTTPS at 100, 500 and 2,000 admissions/s.
 bench-load:
 	@mkdir -p bench-results && set -o pipefail && kube=$$($(TOOLS) kube) && \
-	  KUBEBUILDER_ASSETS=$$kube $(GO) run ./test/load -out bench-results/load.json | tee bench-results/$@.bench
+	  KUBEBUILDER_ASSETS=$$kube $(GO) run ./test/bench/load -out bench-results/load.json | tee bench-results/$@.bench
 
 # Figure 4: API calls per admission in the steady state, counted against the real API server.
 bench-steady:
 	@mkdir -p bench-results && kube=$$($(TOOLS) kube) && \
 	  { KUBEBUILDER_ASSETS=$$kube SMI_REQUIRE_ENVTEST=1 $(GO) test -count=1 -v -run '^TestSteadyStateCostsNoAPICall$$' \
-	      ./test/integration >bench-results/steady.txt 2>&1; true; } && \
-	  set -o pipefail && $(GO) run ./test/benchratio steady bench-results/steady.txt | tee bench-results/$@.bench
+	      ./test/suites/envtest >bench-results/steady.txt 2>&1; true; } && \
+	  set -o pipefail && $(GO) run ./test/bench/benchratio steady bench-results/steady.txt | tee bench-results/$@.bench
 
 # Figure 5: `serve`'s memory with 10,000 opted-in namespaces cached, and its reconcile time after
 # a restart.
 bench-scale:
 	@mkdir -p bench-results && set -o pipefail && kube=$$($(TOOLS) kube) && \
-	  KUBEBUILDER_ASSETS=$$kube $(GO) run ./test/scale -out bench-results/scale.json | tee bench-results/$@.bench
+	  KUBEBUILDER_ASSETS=$$kube $(GO) run ./test/bench/scale -out bench-results/scale.json | tee bench-results/$@.bench
 
 # Figure 6: the JWT helper's memory and CPU at idle and refreshing, against real SPIRE.
 bench-helper:
 	@mkdir -p bench-results && set -o pipefail && spire=$$($(TOOLS) spire) && \
-	  SPIRE_ASSETS=$$spire $(GO) run ./test/helpercost -out bench-results/helper.json | tee bench-results/$@.bench
+	  SPIRE_ASSETS=$$spire $(GO) run ./test/bench/helpercost -out bench-results/helper.json | tee bench-results/$@.bench
 
 ## demo: the webhook against a local kube-apiserver and etcd (no cluster needed); KEEP=1 leaves it running.
 demo:
-	@assets=$$($(TOOLS) kube) && KUBEBUILDER_ASSETS=$$assets $(GO) run ./test/demo $(if $(KEEP),--keep)
+	@assets=$$($(TOOLS) kube) && KUBEBUILDER_ASSETS=$$assets $(GO) run ./demo $(if $(KEEP),--keep)
 
 ## example: the offline preview on the shipped example (the README's first command).
 example:

@@ -16,7 +16,7 @@ import (
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/podtest"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/podtest"
 )
 
 // checkChain runs the chain and the patch builder on pod and checks the invariants: no panic; an

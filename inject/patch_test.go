@@ -12,7 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/podtest"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/podtest"
 )
 
 // TestPatchKeepsFieldsOurTypesDoNotKnow: an API server newer than our k8s.io/api sends fields we

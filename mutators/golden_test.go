@@ -19,7 +19,7 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/inject"
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/podtest"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/podtest"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files from the current output")

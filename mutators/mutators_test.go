@@ -14,7 +14,7 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/jwthelper/contract"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/podtest"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/podtest"
 )
 
 func ptr[T any](v T) *T { return &v }

@@ -15,7 +15,7 @@ import (
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/podtest"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/podtest"
 )
 
 func runInject(t *testing.T, in string, opts Options) (string, error) {

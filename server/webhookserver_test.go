@@ -16,7 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/certs"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/certs"
 )
 
 // TestSlowClientsCannotExhaustTheListener: clients that trickle their headers or their body, or
@@ -24,9 +24,7 @@ import (
 // a client holding its share of connections gets no more, and at the cap a new client takes the
 // place of an idle connection; readiness, which needs no connection slot, stays true throughout.
 func TestSlowClientsCannotExhaustTheListener(t *testing.T) {
-	dir := t.TempDir()
-	ca := certs.NewCA(t, "listener test CA")
-	ca.Issue(t, dir, 1)
+	ca, dir := certs.NewServing(t, "listener test CA")
 	pool := ca.Pool()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)

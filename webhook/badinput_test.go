@@ -15,7 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/podtest"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/podtest"
 )
 
 // TestBadInputCatalogue is the catalogue of bad input: each entry and the exact answer. Requests

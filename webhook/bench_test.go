@@ -11,7 +11,7 @@ import (
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/inject"
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/podtest"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/podtest"
 )
 
 // benchBodies are the admission reviews the benchmarks decide: a typical pod as Istio 1.27+

@@ -27,7 +27,7 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/podtest"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/podtest"
 )
 
 const fixtures = "../mutators/testdata/"

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Figure 2 of `make bench`: Istio's own injection webhook handler (test/istio: istio.io/istio's
 # pkg/kube/inject with the default profile's templates and values) against spire-mesh-injector's
-# handler, on the same pods (test/benchpod: the typical post-Istio pod and its 64 KB enlargement;
-# Istio gets each with its injection taken off). Both benchmark binaries are built first, then run
-# one after the other, round by round, so that both see the same machine; the ratio of the medians
-# is reported.
+# handler, on the same pods (test/fixtures/benchpod, written by test/bench/benchpods: the typical
+# post-Istio pod and its 64 KB enlargement; Istio gets each with its injection taken off). Both
+# benchmark binaries are built first, then run one after the other, round by round, so that both
+# see the same machine; the ratio of the medians is reported.
 #
 #   test/istio/bench.sh [RESULTS_DIR]     (ROUNDS=8 by default)
 set -euo pipefail
@@ -15,7 +15,7 @@ mkdir -p "$out"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cd "$root"
-go run ./test/benchpod/benchpods "$tmp/pods"
+go run ./test/bench/benchpods "$tmp/pods"
 go test -c -o "$tmp/webhook.test" ./webhook
 (cd test/istio && go test -c -o "$tmp/istio.test" ./istioinject)
 : >"$out/istio.txt"
@@ -26,4 +26,4 @@ for _ in $(seq "$rounds"); do
   (cd webhook && "$tmp/webhook.test" -test.run '^$' -test.bench '^BenchmarkAdmission$' \
     -test.benchmem -test.count 1) >>"$out/istio-ours.txt"
 done
-go run ./test/benchratio -istio "$out/istio.txt" "$out/istio-ours.txt"
+go run ./test/bench/benchratio -istio "$out/istio.txt" "$out/istio-ours.txt"

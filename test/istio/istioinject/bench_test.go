@@ -13,7 +13,7 @@ import (
 
 // benchPods are the pods Istio's injector receives for the workloads spire-mesh-injector's
 // BenchmarkAdmission measures: the typical post-Istio pod and its 64 KB enlargement, as the main
-// module's test/benchpod/benchpods writes them into $SMI_BENCH_PODS, each with Istio's injection
+// module's test/bench/benchpods writes them into $SMI_BENCH_PODS, each with Istio's injection
 // taken off again (Istio sees the pod before its injection; we see it after).
 func benchPods(b *testing.B) map[string]*corev1.Pod {
 	dir := os.Getenv("SMI_BENCH_PODS")

@@ -1,0 +1,508 @@
+package envtest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	spirev1alpha1 "github.com/spiffe/spire-controller-manager/api/v1alpha1"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlenvtest "sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
+	"github.com/spire-mesh-injector/spire-mesh-injector/check"
+	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+	"github.com/spire-mesh-injector/spire-mesh-injector/identity"
+	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/podtest"
+)
+
+var checkCRDs sync.Once
+
+// installCheckCRDs installs the two foreign APIs the check reads without Go types: ZTWIM's
+// ZeroTrustWorkloadIdentityManager (a stand-in CRD with the fields the check reads: ZTWIM's own CRDs
+// are not on the Go module proxy) and Istio's real RequestAuthentication CRD from istio.io/api.
+func installCheckCRDs(t *testing.T) {
+	t.Helper()
+	checkCRDs.Do(func() {
+		preserve := true
+		ztwim := &apiextensionsv1.CustomResourceDefinition{
+			ObjectMeta: metav1.ObjectMeta{Name: "zerotrustworkloadidentitymanagers.operator.openshift.io"},
+			Spec: apiextensionsv1.CustomResourceDefinitionSpec{
+				Group: "operator.openshift.io", Scope: apiextensionsv1.ClusterScoped,
+				Names: apiextensionsv1.CustomResourceDefinitionNames{Plural: "zerotrustworkloadidentitymanagers", Singular: "zerotrustworkloadidentitymanager", Kind: "ZeroTrustWorkloadIdentityManager", ListKind: "ZeroTrustWorkloadIdentityManagerList"},
+				Versions: []apiextensionsv1.CustomResourceDefinitionVersion{{Name: "v1alpha1", Served: true, Storage: true,
+					Schema: &apiextensionsv1.CustomResourceValidation{OpenAPIV3Schema: &apiextensionsv1.JSONSchemaProps{Type: "object", XPreserveUnknownFields: &preserve}}}},
+			},
+		}
+		crds := []*apiextensionsv1.CustomResourceDefinition{ztwim, istioCRD(t, "requestauthentications.security.istio.io")}
+		_, err := ctrlenvtest.InstallCRDs(cp.Config, ctrlenvtest.CRDInstallOptions{CRDs: crds})
+		require.NoError(t, err)
+	})
+}
+
+// istioCRD reads one CRD from istio.io/api's generated CRDs in the module cache.
+func istioCRD(t *testing.T, name string) *apiextensionsv1.CustomResourceDefinition {
+	t.Helper()
+	dir, err := controlplane.ModuleDir("istio.io/api")
+	require.NoError(t, err)
+	raw, err := os.ReadFile(filepath.Join(dir, "kubernetes", "customresourcedefinitions.gen.yaml"))
+	require.NoError(t, err)
+	for _, doc := range bytes.Split(raw, []byte("\n---\n")) {
+		if !bytes.Contains(doc, []byte("name: "+name)) {
+			continue
+		}
+		crd := &apiextensionsv1.CustomResourceDefinition{}
+		require.NoError(t, yaml.Unmarshal(doc, crd))
+		if crd.Name == name {
+			return crd
+		}
+	}
+	t.Fatalf("no CRD %s in istio.io/api", name)
+	return nil
+}
+
+// checkEnv is a healthy cluster for one check test: every object the check reads, seeded under
+// names of this test's own (so tests do not see each other's cluster-wide objects), and an opted-in
+// namespace with a mesh pod asking for a JWT-SVID and a plain pod, both wired by the real webhook.
+type checkEnv struct {
+	ns, infra string
+	opts      check.Options
+	mwc       string
+	csi       string
+	ztwim     string
+}
+
+func newCheckEnv(t *testing.T) *checkEnv {
+	t.Helper()
+	installCheckCRDs(t)
+	ctx := context.Background()
+	e := &checkEnv{ns: namespace(t, true, nil), infra: namespace(t, false, nil)}
+	e.mwc, e.csi, e.ztwim = "smi-check-"+e.ns, "csi-"+e.ns+".example", "ztwim-"+e.ns
+	cfg, err := config.Parse([]byte("trustDomain: example.org\nclusterName: envtest\njwtHelper:\n  image: registry.example/spire-mesh-injector:test\ncsiDriver: " + e.csi + "\n"))
+	require.NoError(t, err)
+	openShift := true
+	e.opts = check.Options{
+		Config: cfg, ConfigSource: "test", Namespaces: []string{e.ns},
+		WebhookName: e.mwc, SafetyNetBinding: e.mwc,
+		IstioMeshConfig:    types.NamespacedName{Namespace: e.infra, Name: "istio"},
+		IstioRootNamespace: e.infra,
+		SCMConfigMaps:      []types.NamespacedName{{Namespace: e.infra, Name: "spire-controller-manager"}},
+		ZTWIMName:          e.ztwim, OpenShift: &openShift,
+	}
+
+	// The webhook configuration as kustomize renders it, pointed at a Service with a ready
+	// endpoint, and made inert (its objectSelector matches no pod) so that it changes nothing
+	// for the suite: the suite's own configuration keeps calling the real webhook.
+	mwc, err := controlplane.WebhookConfiguration("https://unused", cp.CA)
+	require.NoError(t, err)
+	mwc.Name = e.mwc
+	for i := range mwc.Webhooks {
+		w := &mwc.Webhooks[i]
+		w.ClientConfig.URL = nil
+		w.ClientConfig.Service = &admissionregistrationv1.ServiceReference{Namespace: e.infra, Name: "spire-mesh-injector", Path: chkRef("/mutate-pods")}
+		w.ObjectSelector.MatchExpressions = append(w.ObjectSelector.MatchExpressions, metav1.LabelSelectorRequirement{Key: "smi-check-inert", Operator: metav1.LabelSelectorOpExists})
+	}
+	createForTest(t, mwc)
+	createForTest(t, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "spire-mesh-injector", Namespace: e.infra},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "webhook", Port: 443}}}})
+	createForTest(t, &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "spire-mesh-injector-1", Namespace: e.infra, Labels: map[string]string{discoveryv1.LabelServiceName: "spire-mesh-injector"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.0.0.1"}, Conditions: discoveryv1.EndpointConditions{Ready: chkRef(true)}}},
+	})
+	createForTest(t, &admissionregistrationv1.ValidatingAdmissionPolicyBinding{ObjectMeta: metav1.ObjectMeta{Name: e.mwc},
+		Spec: admissionregistrationv1.ValidatingAdmissionPolicyBindingSpec{PolicyName: "smi-check-no-such-policy", ValidationActions: []admissionregistrationv1.ValidationAction{admissionregistrationv1.Deny}}})
+	createForTest(t, &storagev1.CSIDriver{ObjectMeta: metav1.ObjectMeta{Name: e.csi, Labels: map[string]string{check.CSIProfileLabel: "restricted"}},
+		Spec: storagev1.CSIDriverSpec{VolumeLifecycleModes: []storagev1.VolumeLifecycleMode{storagev1.VolumeLifecycleEphemeral}}})
+	createForTest(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio", Namespace: e.infra},
+		Data: map[string]string{"mesh": "trustDomain: example.org\ndefaultConfig:\n  discoveryAddress: istiod.istio-system.svc:15012\n"}})
+	createForTest(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "spire-controller-manager", Namespace: e.infra},
+		Data: map[string]string{"controller-manager-config.yaml": "apiVersion: spire.spiffe.io/v1alpha1\nkind: ControllerManagerConfig\ntrustDomain: example.org\nclusterName: envtest\nclassName: " + config.DefaultClassName + "\n"}})
+	ztwim := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "operator.openshift.io/v1alpha1", "kind": "ZeroTrustWorkloadIdentityManager",
+		"metadata": map[string]any{"name": e.ztwim},
+		"spec":     map[string]any{"trustDomain": "example.org", "clusterName": "envtest"},
+	}}
+	createForTest(t, ztwim)
+	ra := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+		"metadata": map[string]any{"name": "orders", "namespace": e.ns},
+		"spec": map[string]any{"jwtRules": []any{map[string]any{
+			"issuer": "https://oidc-discovery.example.org", "audiences": []any{"orders"},
+		}}},
+	}}
+	createForTest(t, ra)
+
+	mesh := plainPod(e.ns, "reviews-6b7c9d-x2k4p", map[string]string{"app": "reviews", "pod-template-hash": "6b7c9d"})
+	ownedByReplicaSet(mesh, "reviews-6b7c9d", "rs-uid")
+	mesh.Annotations = map[string]string{annotations.AudienceAnnotation: "orders"}
+	podtest.IstioStandIn(mesh, true)
+	plain := plainPod(e.ns, "ratings-0", map[string]string{"app": "ratings"})
+	for _, p := range []*corev1.Pod{mesh, plain} {
+		require.NoError(t, k8s.Create(ctx, p))
+		require.NotEmpty(t, p.Annotations[annotations.StatusAnnotation], "the webhook wired %s", p.Name)
+	}
+	// spire-controller-manager's part, played here: the stats of its last run.
+	e.setStats(t, spirev1alpha1.ClusterSPIFFEIDStats{NamespacesSelected: 1, PodsSelected: 2, EntriesToSet: 2})
+	return e
+}
+
+func (e *checkEnv) setStats(t *testing.T, stats spirev1alpha1.ClusterSPIFFEIDStats) {
+	t.Helper()
+	var reg *spirev1alpha1.ClusterSPIFFEID
+	eventually(t, "the webhook ensured "+identity.Name(e.ns), func() bool {
+		var err error
+		reg, err = getCSID(context.Background(), e.ns)
+		return err == nil
+	})
+	reg.Status.Stats = stats
+	require.NoError(t, k8s.Status().Update(context.Background(), reg))
+}
+
+// chkRun runs the check with a fresh client (a fresh discovery cache: CRDs may be new) as
+// cfg's user.
+func chkRun(t *testing.T, cfg *rest.Config, o check.Options) *check.Report {
+	t.Helper()
+	c, err := client.New(cfg, client.Options{Scheme: registration.Scheme()})
+	require.NoError(t, err)
+	r, err := check.Run(context.Background(), c, o)
+	require.NoError(t, err)
+	return r
+}
+
+// chkRequire asserts that the report has a finding of check id with status want whose text
+// contains fragment, and that nothing else in it is worse than OK unless listed in also.
+func chkRequire(t *testing.T, r *check.Report, id check.ID, want check.Status, fragment string, also ...check.ID) {
+	t.Helper()
+	var b strings.Builder
+	require.NoError(t, check.WriteTable(&b, r))
+	found := false
+	for _, f := range r.Findings {
+		if f.Check == id && f.Status == want && strings.Contains(f.What+" "+f.Why+" "+f.Fix, fragment) {
+			found = true
+			assert.Equal(t, check.Runbook(id), f.Runbook)
+			continue
+		}
+		if f.Status != check.OK && f.Check != id {
+			assert.Contains(t, also, f.Check, "unexpected finding %+v", f)
+		}
+	}
+	assert.True(t, found, "no %s %s finding mentioning %q in:\n%s", want, id, fragment, b.String())
+}
+
+func TestCheckHealthyNamespaceIsAllOK(t *testing.T) {
+	e := newCheckEnv(t)
+	r := chkRun(t, cp.Config, e.opts)
+	var b strings.Builder
+	require.NoError(t, check.WriteTable(&b, r))
+	t.Log("\n" + b.String())
+	seen := map[check.ID]bool{}
+	for _, f := range r.Findings {
+		assert.Equal(t, check.OK, f.Status, "%+v", f)
+		seen[f.Check] = true
+	}
+	for _, id := range check.IDs {
+		assert.True(t, seen[id], "nothing reported for %s", id)
+	}
+}
+
+func TestCheckFindings(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name     string
+		seed     func(t *testing.T, e *checkEnv)
+		id       check.ID
+		want     check.Status
+		fragment string
+		also     []check.ID
+	}{
+		{"webhook configuration without CA bundle", func(t *testing.T, e *checkEnv) {
+			update(t, &admissionregistrationv1.MutatingWebhookConfiguration{}, e.mwc, "", func(o client.Object) {
+				o.(*admissionregistrationv1.MutatingWebhookConfiguration).Webhooks[0].ClientConfig.CABundle = nil
+			})
+		}, check.CheckWebhookConfiguration, check.Fail, "has no caBundle", nil},
+		{"webhook Service without ready endpoints", func(t *testing.T, e *checkEnv) {
+			update(t, &discoveryv1.EndpointSlice{}, "spire-mesh-injector-1", e.infra, func(o client.Object) {
+				o.(*discoveryv1.EndpointSlice).Endpoints[0].Conditions.Ready = chkRef(false)
+			})
+		}, check.CheckWebhookEndpoints, check.Fail, "has no ready endpoints", nil},
+		{"fail open without the safety net", func(t *testing.T, e *checkEnv) {
+			require.NoError(t, k8s.Delete(ctx, &admissionregistrationv1.ValidatingAdmissionPolicyBinding{ObjectMeta: metav1.ObjectMeta{Name: e.mwc}}))
+		}, check.CheckWebhookFailurePolicy, check.Warn, "without the safety net", nil},
+		{"namespaceSelector that ignores the opt-in label", func(t *testing.T, e *checkEnv) {
+			update(t, &admissionregistrationv1.MutatingWebhookConfiguration{}, e.mwc, "", func(o client.Object) {
+				o.(*admissionregistrationv1.MutatingWebhookConfiguration).Webhooks[0].NamespaceSelector.MatchLabels = map[string]string{"sidecar-injection": "enabled"}
+			})
+		}, check.CheckWebhookConfiguration, check.Fail, "does not select namespaces labelled spire-injection=enabled", []check.ID{check.CheckNamespaceSelector}},
+		{"CSI driver missing", func(t *testing.T, e *checkEnv) {
+			require.NoError(t, k8s.Delete(ctx, &storagev1.CSIDriver{ObjectMeta: metav1.ObjectMeta{Name: e.csi}}))
+		}, check.CheckCSIDriver, check.Fail, "not found", nil},
+		{"CSI driver without OpenShift's profile label", func(t *testing.T, e *checkEnv) {
+			update(t, &storagev1.CSIDriver{}, e.csi, "", func(o client.Object) { o.SetLabels(nil) })
+		}, check.CheckCSIDriver, check.Warn, "no security.openshift.io/csi-ephemeral-volume-profile label", nil},
+		{"Istio trust domain differs", func(t *testing.T, e *checkEnv) {
+			update(t, &corev1.ConfigMap{}, "istio", e.infra, func(o client.Object) {
+				o.(*corev1.ConfigMap).Data["mesh"] = "trustDomain: cluster.local\n"
+			})
+		}, check.CheckTrustDomain, check.Fail, "cluster.local", nil},
+		{"ZTWIM trust domain differs", func(t *testing.T, e *checkEnv) {
+			u := &unstructured.Unstructured{}
+			u.SetAPIVersion("operator.openshift.io/v1alpha1")
+			u.SetKind("ZeroTrustWorkloadIdentityManager")
+			update(t, u, e.ztwim, "", func(o client.Object) {
+				require.NoError(t, unstructured.SetNestedField(o.(*unstructured.Unstructured).Object, "apps.example.com", "spec", "trustDomain"))
+			})
+		}, check.CheckTrustDomain, check.Fail, "apps.example.com", nil},
+		{"mesh-wide socket file differs", func(t *testing.T, e *checkEnv) {
+			update(t, &corev1.ConfigMap{}, "istio", e.infra, func(o client.Object) {
+				o.(*corev1.ConfigMap).Data["mesh"] = "trustDomain: example.org\ndefaultConfig:\n  proxyMetadata:\n    WORKLOAD_IDENTITY_SOCKET_FILE: socket.sock\n"
+			})
+		}, check.CheckSocketFile, check.Warn, "socket.sock", nil},
+		{"pods wired for another socket file", func(t *testing.T, e *checkEnv) {
+			// The agent now publishes "socket" (an upstream SPIRE install, no ZTWIM): the pods the
+			// webhook wired earlier still look for spire-agent.sock.
+			e.opts.Config = chkWithYAML(t, e.opts.Config, "socketFileName: socket\n")
+			e.opts.ZTWIMName = "absent"
+		}, check.CheckSocketFile, check.Fail, "kubectl -n ", []check.ID{check.CheckRegistration}},
+		{"spire-controller-manager of another class", func(t *testing.T, e *checkEnv) {
+			update(t, &corev1.ConfigMap{}, "spire-controller-manager", e.infra, func(o client.Object) {
+				cm := o.(*corev1.ConfigMap)
+				cm.Data["controller-manager-config.yaml"] = strings.Replace(cm.Data["controller-manager-config.yaml"], config.DefaultClassName, "spire-mesh", 1)
+			})
+		}, check.CheckClassName, check.Fail, `registration.className: "spire-mesh"`, []check.ID{check.CheckRegistrationClass}},
+		{"registrations of a class nobody reconciles any more", func(t *testing.T, e *checkEnv) {
+			// spire-controller-manager and the configuration moved to another class; the webhook
+			// has not restarted, so its registrations keep the old one.
+			update(t, &corev1.ConfigMap{}, "spire-controller-manager", e.infra, func(o client.Object) {
+				cm := o.(*corev1.ConfigMap)
+				cm.Data["controller-manager-config.yaml"] = strings.Replace(cm.Data["controller-manager-config.yaml"], config.DefaultClassName, "spire-mesh", 1)
+			})
+			e.opts.Config = chkWithYAML(t, e.opts.Config, "registration:\n  className: spire-mesh\n")
+		}, check.CheckRegistrationClass, check.Fail, `has className "zero-trust-workload-identity-manager-spire"`, []check.ID{check.CheckRegistration}},
+		{"registration with entry failures", func(t *testing.T, e *checkEnv) {
+			e.setStats(t, spirev1alpha1.ClusterSPIFFEIDStats{NamespacesSelected: 1, PodsSelected: 2, EntriesToSet: 2, EntryFailures: 2, PodEntryRenderFailures: 1})
+		}, check.CheckRegistrationStatus, check.Fail, "entryFailures 2", nil},
+		{"registration without status", func(t *testing.T, e *checkEnv) {
+			e.setStats(t, spirev1alpha1.ClusterSPIFFEIDStats{})
+		}, check.CheckRegistrationStatus, check.Fail, "no status from spire-controller-manager", nil},
+		{"namespace named with -n but not opted in", func(t *testing.T, e *checkEnv) {
+			e.opts.Namespaces = []string{namespace(t, false, nil)}
+		}, check.CheckNamespaceSelector, check.Fail, "spire-injection=enabled, then restart its workloads", nil},
+		{"competing registration", func(t *testing.T, e *checkEnv) {
+			createForTest(t, &spirev1alpha1.ClusterSPIFFEID{ObjectMeta: metav1.ObjectMeta{Name: "legacy-" + e.ns},
+				Spec: spirev1alpha1.ClusterSPIFFEIDSpec{
+					SPIFFEIDTemplate:  "spiffe://{{ .TrustDomain }}/legacy/{{ .PodMeta.Name }}",
+					ClassName:         config.DefaultClassName,
+					NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{corev1.LabelMetadataName: e.ns}},
+				}})
+		}, check.CheckOverlap, check.Fail, "ClusterSPIFFEID legacy-", nil},
+		{"pod created before the namespace opted in", func(t *testing.T, e *checkEnv) {
+			ns := namespace(t, false, nil)
+			p := plainPod(ns, "web-5f6d7c-abcde", map[string]string{"app": "web", "pod-template-hash": "5f6d7c"})
+			ownedByReplicaSet(p, "web-5f6d7c", "rs-uid")
+			require.NoError(t, k8s.Create(ctx, p))
+			update(t, &corev1.Namespace{}, ns, "", func(o client.Object) {
+				o.SetLabels(map[string]string{annotations.InjectionLabel: annotations.InjectionEnabled})
+			})
+			e.opts.Namespaces = []string{ns}
+		}, check.CheckPodsNotWired, check.Fail, "rollout restart deployment/web", nil},
+		{"audience no RequestAuthentication accepts", func(t *testing.T, e *checkEnv) {
+			u := &unstructured.Unstructured{}
+			u.SetAPIVersion("security.istio.io/v1")
+			u.SetKind("RequestAuthentication")
+			update(t, u, "orders", e.ns, func(o client.Object) {
+				rules := []any{map[string]any{"issuer": "https://oidc-discovery.example.org", "audiences": []any{"payments"}}}
+				require.NoError(t, unstructured.SetNestedSlice(o.(*unstructured.Unstructured).Object, rules, "spec", "jwtRules"))
+			})
+		}, check.CheckJWTAudience, check.Warn, `audience "orders"`, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newCheckEnv(t)
+			tt.seed(t, e)
+			chkRequire(t, chkRun(t, cp.Config, e.opts), tt.id, tt.want, tt.fragment, tt.also...)
+		})
+	}
+}
+
+// TestCheckRegistrationRejectedByParser seeds, before the namespace's first pod, an object with
+// the webhook's registration name that spire-controller-manager's parser refuses: the webhook
+// finds the name taken and the reconciler never touches an object it does not manage, so only the
+// check tells.
+func TestCheckRegistrationRejectedByParser(t *testing.T) {
+	ns := namespace(t, true, nil)
+	createForTest(t, &spirev1alpha1.ClusterSPIFFEID{ObjectMeta: metav1.ObjectMeta{Name: identity.Name(ns)},
+		Spec: spirev1alpha1.ClusterSPIFFEIDSpec{SPIFFEIDTemplate: "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace", ClassName: config.DefaultClassName}})
+	p := plainPod(ns, "app", nil)
+	require.NoError(t, k8s.Create(context.Background(), p))
+	require.NotEmpty(t, p.Annotations[annotations.StatusAnnotation])
+	e := newCheckEnv(t)
+	e.opts.Namespaces = []string{ns}
+	chkRequire(t, chkRun(t, cp.Config, e.opts), check.CheckRegistration, check.Fail, "rejected by spire-controller-manager's parser", check.CheckRegistrationStatus)
+}
+
+// TestCheckReadsTheWebhookConfiguration reads the configuration from the webhook's Deployment and
+// ConfigMap, as `check` does when --config is not given.
+func TestCheckReadsTheWebhookConfiguration(t *testing.T) {
+	ctx := context.Background()
+	ns := namespace(t, false, nil)
+	selector, template := podTemplate(map[string]string{"app": "smi"}, corev1.PodSpec{
+		Containers: []corev1.Container{{Name: "webhook", Image: "smi", Args: []string{"serve", "--config=/etc/spire-mesh-injector/config.yaml"},
+			VolumeMounts: []corev1.VolumeMount{{Name: "config", MountPath: "/etc/spire-mesh-injector"}}}},
+		Volumes: []corev1.Volume{{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: "spire-mesh-injector-config-abc123"}}}}},
+	})
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "spire-mesh-injector", Namespace: ns},
+		Spec:       appsv1.DeploymentSpec{Selector: selector, Template: template},
+	}
+	require.NoError(t, k8s.Create(ctx, dep))
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "spire-mesh-injector-config-abc123", Namespace: ns},
+		Data: map[string]string{"config.yaml": "trustDomain: apps.example.com\nclusterName: prod\nsocketFileName: socket\n"}}
+	require.NoError(t, k8s.Create(ctx, cm))
+
+	cfg, src, err := check.ClusterConfig(ctx, k8s, types.NamespacedName{Namespace: ns, Name: "spire-mesh-injector"})
+	require.NoError(t, err)
+	assert.Equal(t, "apps.example.com", cfg.TrustDomain)
+	assert.Equal(t, "socket", cfg.SocketFileName)
+	assert.Equal(t, fmt.Sprintf("ConfigMap %s/spire-mesh-injector-config-abc123 key config.yaml", ns), src)
+
+	cm.Data["config.yaml"] = "trustDomain: apps.example.com\nfailurePolicy: Maybe\n"
+	require.NoError(t, k8s.Update(ctx, cm))
+	_, _, err = check.ClusterConfig(ctx, k8s, types.NamespacedName{Namespace: ns, Name: "spire-mesh-injector"})
+	require.ErrorContains(t, err, "failurePolicy")
+
+	_, _, err = check.ClusterConfig(ctx, k8s, types.NamespacedName{Namespace: ns, Name: "absent"})
+	require.True(t, apierrors.IsNotFound(err), "%v", err)
+}
+
+// TestCheckRBACIsReadOnlyAndSufficient applies the roles of kustomize/check (decoded strictly),
+// binds them to a user who may do nothing else, and runs the check as that user against the
+// default object names: the report must be the one cluster-admin gets, with nothing unreadable.
+func TestCheckRBACIsReadOnlyAndSufficient(t *testing.T) {
+	installCheckCRDs(t)
+	ctx := context.Background()
+	y, err := controlplane.Kustomize(filepath.Join(controlplane.Root(), "kustomize", "check"))
+	require.NoError(t, err)
+	var kinds []string
+	for _, doc := range bytes.Split(y, []byte("\n---\n")) {
+		var head metav1.TypeMeta
+		require.NoError(t, yaml.Unmarshal(doc, &head))
+		kinds = append(kinds, head.Kind)
+		var obj client.Object
+		var rules []rbacv1.PolicyRule
+		switch head.Kind {
+		case "ClusterRole":
+			r := &rbacv1.ClusterRole{}
+			require.NoError(t, yaml.UnmarshalStrict(doc, r))
+			obj, rules = r, r.Rules
+		case "Role":
+			r := &rbacv1.Role{}
+			require.NoError(t, yaml.UnmarshalStrict(doc, r))
+			assert.Equal(t, leaseNamespace, r.Namespace)
+			obj, rules = r, r.Rules
+		default:
+			t.Fatalf("kustomize/check renders a %s", head.Kind)
+		}
+		for _, rule := range rules {
+			for _, v := range rule.Verbs {
+				assert.Contains(t, []string{"get", "list"}, v, "%s %s: a verb that is not read-only", head.Kind, obj.GetName())
+			}
+			assert.NotContains(t, rule.Resources, "secrets")
+		}
+		createForTest(t, obj)
+	}
+	assert.ElementsMatch(t, []string{"ClusterRole", "Role"}, kinds)
+	createForTest(t, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "smi-check-test"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "spire-mesh-injector-check"},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.UserKind, Name: "checker"}}})
+	createForTest(t, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "smi-check-test", Namespace: leaseNamespace},
+		RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "spire-mesh-injector-check"},
+		Subjects: []rbacv1.Subject{{Kind: rbacv1.UserKind, Name: "checker"}}})
+
+	// Every object the check reads, under the names the roles allow.
+	for _, n := range []string{"istio-system", "zero-trust-workload-identity-manager"} {
+		require.NoError(t, createNamespace(ctx, n, false))
+	}
+	createForTest(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio", Namespace: "istio-system"}, Data: map[string]string{"mesh": "trustDomain: example.org\n"}})
+	createForTest(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "spire-controller-manager", Namespace: "zero-trust-workload-identity-manager"},
+		Data: map[string]string{"config.yaml": "kind: ControllerManagerConfig\ntrustDomain: example.org\nclassName: " + config.DefaultClassName + "\n"}})
+	createForTest(t, &unstructured.Unstructured{Object: map[string]any{"apiVersion": "operator.openshift.io/v1alpha1", "kind": "ZeroTrustWorkloadIdentityManager",
+		"metadata": map[string]any{"name": "cluster"}, "spec": map[string]any{"trustDomain": "example.org"}}})
+	createForTest(t, &storagev1.CSIDriver{ObjectMeta: metav1.ObjectMeta{Name: testConfig.CSIDriver},
+		Spec: storagev1.CSIDriverSpec{VolumeLifecycleModes: []storagev1.VolumeLifecycleMode{storagev1.VolumeLifecycleEphemeral}}})
+	ns := namespace(t, true, nil)
+	require.NoError(t, k8s.Create(ctx, plainPod(ns, "app", nil)))
+
+	impersonated := rest.CopyConfig(cp.Config)
+	impersonated.Impersonate = rest.ImpersonationConfig{UserName: "checker"}
+	c, err := client.New(impersonated, client.Options{Scheme: registration.Scheme()})
+	require.NoError(t, err)
+	// What the command does first: the webhook's configuration from its Deployment (absent in
+	// this suite, which runs the webhook in-process) — NotFound, not Forbidden.
+	_, _, err = check.ClusterConfig(ctx, c, types.NamespacedName{Namespace: leaseNamespace, Name: "spire-mesh-injector"})
+	require.True(t, apierrors.IsNotFound(err), "%v", err)
+
+	o := check.Options{Config: testConfig, ConfigSource: "test", Namespaces: []string{ns}}
+	admin, checker := chkRun(t, cp.Config, o), chkRun(t, impersonated, o)
+	assert.Equal(t, admin, checker)
+	for _, f := range checker.Findings {
+		assert.NotContains(t, f.What+f.Why, "forbidden", "%+v", f)
+	}
+	// The suite's webhook is reachable at a URL and its registration exists: the report is about
+	// this namespace, read in full.
+	chkRequire(t, checker, check.CheckRegistration, check.OK, "present and valid", check.CheckWebhookFailurePolicy, check.CheckRegistrationStatus, check.CheckCSIDriver)
+}
+
+func chkWithYAML(t *testing.T, base *config.Config, extra string) *config.Config {
+	t.Helper()
+	b, err := yaml.Marshal(base)
+	require.NoError(t, err)
+	// Later keys win in a YAML mapping decoded by sigs.k8s.io/yaml only if they are not
+	// duplicates, which the strict decoder refuses: merge as maps instead.
+	var m, add map[string]any
+	require.NoError(t, yaml.Unmarshal(b, &m))
+	require.NoError(t, yaml.Unmarshal([]byte(extra), &add))
+	chkMerge(m, add)
+	b, err = yaml.Marshal(m)
+	require.NoError(t, err)
+	c, err := config.Parse(b)
+	require.NoError(t, err)
+	return c
+}
+
+func chkMerge(dst, src map[string]any) {
+	for k, v := range src {
+		if sub, ok := v.(map[string]any); ok {
+			if d, ok := dst[k].(map[string]any); ok {
+				chkMerge(d, sub)
+				continue
+			}
+		}
+		dst[k] = v
+	}
+}
+
+func chkRef[T any](v T) *T { return &v }

@@ -1,0 +1,92 @@
+package envtest
+
+import (
+	"bytes"
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
+)
+
+// TestValidatingPolicySafetyNet installs the validating-policy component as the cert-manager
+// overlay renders it, then makes the webhook unreachable (failurePolicy Ignore): pods in opted-in
+// namespaces are refused with a message naming the cause, pods elsewhere are created as usual;
+// once the webhook is back, pods are wired and admitted again.
+func TestValidatingPolicySafetyNet(t *testing.T) {
+	ctx := context.Background()
+	y, err := controlplane.Kustomize(filepath.Join(controlplane.Root(), "kustomize", "overlays", "cert-manager"))
+	require.NoError(t, err)
+	decoder := serializer.NewCodecFactory(clientgoscheme.Scheme).UniversalDeserializer()
+	installed := 0
+	for _, doc := range bytes.Split(y, []byte("\n---\n")) {
+		if !bytes.Contains(doc, []byte("kind: ValidatingAdmissionPolicy")) {
+			continue
+		}
+		obj, _, err := decoder.Decode(doc, nil, nil)
+		require.NoError(t, err)
+		createForTest(t, obj.(client.Object))
+		installed++
+	}
+	require.Equal(t, 2, installed, "policy and binding")
+
+	optedIn, other := namespace(t, true, nil), namespace(t, false, nil)
+	eventually(t, "a pod the webhook wired passes the policy", func() bool {
+		p := plainPod(optedIn, "probe", nil)
+		return wiredOnDryRun(ctx, p) && p.Labels[annotations.InjectedLabel] == "workload"
+	})
+
+	// The webhook becomes unreachable: failurePolicy Ignore lets the API server go on without it.
+	mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}
+	require.NoError(t, k8s.Get(ctx, client.ObjectKey{Name: "spire-mesh-injector"}, mwc))
+	saved := mwc.DeepCopy()
+	dead := "https://127.0.0.1:1/mutate-pods"
+	mwc.Webhooks[0].ClientConfig.URL = &dead
+	require.NoError(t, k8s.Update(ctx, mwc))
+	t.Cleanup(func() {
+		cur := &admissionregistrationv1.MutatingWebhookConfiguration{}
+		require.NoError(t, k8s.Get(context.Background(), client.ObjectKey{Name: "spire-mesh-injector"}, cur))
+		cur.Webhooks = saved.Webhooks
+		require.NoError(t, k8s.Update(context.Background(), cur))
+		require.Eventually(t, func() bool { return wiredOnDryRun(context.Background(), plainPod(optedIn, "restored", nil)) },
+			30*time.Second, 100*time.Millisecond, "the webhook is back")
+	})
+
+	var refusal error
+	require.Eventually(t, func() bool {
+		refusal = k8s.Create(ctx, plainPod(optedIn, "unwired", nil), client.DryRunAll)
+		return refusal != nil
+	}, 30*time.Second, 100*time.Millisecond, "an unwired pod in an opted-in namespace is refused")
+	assert.Contains(t, refusal.Error(), "ValidatingAdmissionPolicy 'spire-mesh-injector-require-spiffe-csi'")
+	assert.Contains(t, refusal.Error(), "requires SPIRE identity (label spire-injection=enabled) but this pod has no SPIFFE CSI volume")
+	assert.Contains(t, refusal.Error(), "webhook was unreachable")
+
+	assert.NoError(t, k8s.Create(ctx, plainPod(other, "unrelated", nil)), "other namespaces keep working")
+	assert.NoError(t, k8s.Create(ctx, plainPod(optedIn, "opted-out", map[string]string{annotations.InjectionLabel: annotations.InjectionDisabled})),
+		"break glass: a pod labelled spire-injection=disabled is created without identity")
+
+	// failurePolicy Fail: the API server refuses the pod itself, naming the webhook and the cause.
+	require.NoError(t, k8s.Get(ctx, client.ObjectKey{Name: "spire-mesh-injector"}, mwc))
+	fail := admissionregistrationv1.Fail
+	mwc.Webhooks[0].FailurePolicy = &fail
+	require.NoError(t, k8s.Update(ctx, mwc))
+	require.Eventually(t, func() bool {
+		refusal = k8s.Create(ctx, plainPod(optedIn, "unwired-fail", nil), client.DryRunAll)
+		return refusal != nil && strings.Contains(refusal.Error(), "failed calling webhook")
+	}, 30*time.Second, 100*time.Millisecond, "with failurePolicy Fail the webhook's failure refuses the pod")
+	assert.Contains(t, refusal.Error(), `"pods.spire-mesh-injector.io"`)
+	assert.Contains(t, refusal.Error(), "connection refused")
+	assert.NoError(t, k8s.Create(ctx, plainPod(other, "unrelated-fail", nil)), "other namespaces keep working")
+	assert.NoError(t, k8s.Create(ctx, plainPod(optedIn, "opted-out-fail", map[string]string{annotations.InjectionLabel: annotations.InjectionDisabled})),
+		"break glass works with Fail too: the objectSelector spares the call")
+}
