@@ -14,13 +14,10 @@ import (
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/podtest"
 )
 
-func cfg(t *testing.T, extra string) *config.Config {
-	c, err := config.Parse([]byte("trustDomain: example.org\nclusterName: c1\n" + extra))
-	require.NoError(t, err)
-	return c
-}
+func cfg(t *testing.T, extra string) *config.Config { return podtest.ConfigWith(t, extra) }
 
 // TestPure keeps the domain below the impure layers: the pure packages must never depend, even
 // indirectly, on a Kubernetes client, controller-runtime or a metrics library.

@@ -15,13 +15,10 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/identity"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/podtest"
 )
 
-func cfg(t *testing.T, extra string) *config.Config {
-	c, err := config.Parse([]byte("trustDomain: example.org\nclusterName: c1\n" + extra))
-	require.NoError(t, err)
-	return c
-}
+func cfg(t *testing.T, extra string) *config.Config { return podtest.ConfigWith(t, extra) }
 
 func TestBuild(t *testing.T) {
 	c := cfg(t, "registration:\n  ttl: 1h\n  jwtTtl: 5m\n  federatesWith: [partner.example]\n  autoPopulateDNSNames: true\n  dnsNameTemplates: ['{{ .PodMeta.Name }}.svc']\n")

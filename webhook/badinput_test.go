@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -63,20 +62,14 @@ func TestBadInputCatalogue(t *testing.T) {
 	h, _ := newHandler(t, podtest.Config(t))
 	for _, tt := range httpCases {
 		t.Run(tt.name, func(t *testing.T) {
-			rec := httptest.NewRecorder()
-			r := httptest.NewRequest(tt.method, Path, bytes.NewReader(tt.body))
-			r.Header.Set("Content-Type", tt.contentType)
-			h.ServeHTTP(rec, r)
+			rec := serve(h, tt.method, tt.contentType, bytes.NewReader(tt.body))
 			assert.Equal(t, tt.code, rec.Code)
 			assert.Equal(t, tt.body0, rec.Body.String())
 		})
 	}
 	t.Run("9b chunked body over 7 MiB", func(t *testing.T) {
-		rec := httptest.NewRecorder()
-		r := httptest.NewRequest("POST", Path, io.MultiReader(bytes.NewReader(bytes.Repeat([]byte("x"), MaxRequestBytes)), strings.NewReader("x")))
-		r.ContentLength = -1 // no length given: read up to the bound
-		r.Header.Set("Content-Type", "application/json")
-		h.ServeHTTP(rec, r)
+		// A reader of unknown length: sent chunked, read up to the bound.
+		rec := serve(h, "POST", "application/json", io.MultiReader(bytes.NewReader(bytes.Repeat([]byte("x"), MaxRequestBytes)), strings.NewReader("x")))
 		assert.Equal(t, 413, rec.Code)
 		assert.Equal(t, "request body larger than 7340032 bytes\n", rec.Body.String())
 	})
@@ -85,10 +78,7 @@ func TestBadInputCatalogue(t *testing.T) {
 		small.WithInflightBytes(MaxRequestBytes)
 		require.True(t, small.inflight.TryAcquire(1), "one byte of another request in flight")
 		defer small.inflight.Release(1)
-		rec := httptest.NewRecorder()
-		r := httptest.NewRequest("POST", Path, bytes.NewReader(bytes.Repeat([]byte("x"), MaxRequestBytes)))
-		r.Header.Set("Content-Type", "application/json")
-		small.ServeHTTP(rec, r)
+		rec := serve(small, "POST", "application/json", bytes.NewReader(bytes.Repeat([]byte("x"), MaxRequestBytes)))
 		assert.Equal(t, 503, rec.Code)
 		assert.Equal(t, "1", rec.Header().Get("Retry-After"))
 		assert.Equal(t, "too many admission request bytes in flight; retry\n", rec.Body.String())

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -263,14 +264,20 @@ func TestServeHTTPRejectsWhatIsNotAnAdmissionReview(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			rec := httptest.NewRecorder()
-			r := httptest.NewRequest(tt.method, Path, bytes.NewReader(tt.body))
-			r.Header.Set("Content-Type", tt.contentType)
-			h.ServeHTTP(rec, r)
+			rec := serve(h, tt.method, tt.contentType, bytes.NewReader(tt.body))
 			assert.Equal(t, tt.code, rec.Code)
 			assert.Contains(t, rec.Body.String(), tt.msg)
 		})
 	}
+}
+
+// serve sends one HTTP request to h's endpoint and returns the answer.
+func serve(h *Handler, method, contentType string, body io.Reader) *httptest.ResponseRecorder {
+	rec := httptest.NewRecorder()
+	r := httptest.NewRequest(method, Path, body)
+	r.Header.Set("Content-Type", contentType)
+	h.ServeHTTP(rec, r)
+	return rec
 }
 
 func decodeOps(t *testing.T, patch []byte) []jsonpatch.Operation {
