@@ -2,20 +2,16 @@ package realspire
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
@@ -23,7 +19,6 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/podtest"
-	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/proc"
 )
 
 // TestWebhookWiringReachesRealSPIRE takes the CSI volume the webhook puts into a pod, publishes it
@@ -38,16 +33,7 @@ func TestWebhookWiringReachesRealSPIRE(t *testing.T) {
 	registerSelf(t, self.String())
 	waitSVID(t, agent.Socket(), self)
 
-	csiDir := filepath.Join(workDir, "csi")
-	require.NoError(t, os.MkdirAll(csiDir, 0o755))
-	csiSock := filepath.Join(csiDir, "csi.sock")
-	proc.StartT(t, filepath.Join(assets, "spiffe-csi-driver"), proc.Options{
-		Args: []string{"-node-id", "node-1", "-csi-socket-path", csiSock, "-workload-api-socket-dir", agent.SocketDir}})
-	require.Eventually(t, func() bool { _, err := os.Stat(csiSock); return err == nil }, 10*time.Second, 50*time.Millisecond)
-	conn, err := grpc.NewClient("unix://"+csiSock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	require.NoError(t, err)
-	defer conn.Close()
-	node := csi.NewNodeClient(conn)
+	driver := startCSIDriver(t, agent.SocketDir, filepath.Join(workDir, "csi"))
 
 	cfg := podtest.Config(t)
 	require.Equal(t, config.DefaultSocketFileName, cfg.SocketFileName, "the agent's socket is named like ZTWIM's")
@@ -68,49 +54,16 @@ func TestWebhookWiringReachesRealSPIRE(t *testing.T) {
 			_, pod := podtest.Load(t, filepath.Join(controlplane.Root(), "mutators", "testdata", tc.fixture+".yaml"))
 			_, err := mutators.NewChain(cfg).Run(pod, mutators.Request{Namespace: tc.namespace})
 			require.NoError(t, err)
-			var vol *corev1.Volume
-			for i := range pod.Spec.Volumes {
-				if pod.Spec.Volumes[i].Name == tc.volume {
-					vol = &pod.Spec.Volumes[i]
-				}
-			}
-			require.NotNil(t, vol)
-			require.NotNil(t, vol.CSI)
+			pod.Name = tc.fixture
+			mount, readOnly := mountPath(t, pod, tc.container, tc.volume)
+			assert.True(t, readOnly)
 			c, _, _ := mutators.FindContainer(pod, tc.container)
-			var mountPath string
-			for _, m := range c.VolumeMounts {
-				if m.Name == tc.volume {
-					mountPath = m.MountPath
-					assert.True(t, m.ReadOnly)
-				}
-			}
-			require.NotEmpty(t, mountPath)
+			target := driver.publish(t, pod, tc.volume)
 
-			// The kubelet's part: publish the pod's CSI volume at its target path.
-			// The kubelet's layout is pods/<uid>/volumes/kubernetes.io~csi/<volume>/mount; a unix
-			// socket path must stay under 108 bytes, so the stand-in keeps it short.
-			target := filepath.Join(workDir, "k", tc.volume[:4], "mount")
-			require.NoError(t, os.MkdirAll(filepath.Dir(target), 0o750), "the kubelet creates the volume's folder; the driver creates the mount point")
-			_, err = node.NodePublishVolume(context.Background(), &csi.NodePublishVolumeRequest{
-				VolumeId:   "csi-" + tc.fixture,
-				TargetPath: target,
-				VolumeCapability: &csi.VolumeCapability{
-					AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
-					// The kubelet asks inline ephemeral volumes for SINGLE_NODE_WRITER; read-only comes from Readonly.
-					AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-				},
-				Readonly:      *vol.CSI.ReadOnly,
-				VolumeContext: map[string]string{"csi.storage.k8s.io/ephemeral": "true", "csi.storage.k8s.io/pod.name": tc.fixture, "csi.storage.k8s.io/pod.namespace": tc.namespace},
-			})
-			require.NoError(t, err, "the driver accepts the webhook's volume (it refuses any that is not read-only)")
-			t.Cleanup(func() {
-				_, _ = node.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: "csi-" + tc.fixture, TargetPath: target})
-			})
-
-			// The container's view: the volume at mountPath, i.e. the target on the host.
-			inContainer := tc.socketPath(c, mountPath)
-			rel, ok := strings.CutPrefix(inContainer, mountPath)
-			require.True(t, ok, "the socket %s is inside the mount %s", inContainer, mountPath)
+			// The container's view: the volume at its mount, i.e. the target on the host.
+			inContainer := tc.socketPath(c, mount)
+			rel, ok := strings.CutPrefix(inContainer, mount)
+			require.True(t, ok, "the socket %s is inside the mount %s", inContainer, mount)
 			addr := "unix://" + target + rel
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
