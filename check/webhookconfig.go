@@ -51,7 +51,7 @@ func ClusterConfig(ctx context.Context, c client.Reader, deployment types.Namesp
 				return readConfigMap(ctx, c, types.NamespacedName{Namespace: deployment.Namespace, Name: v.ConfigMap.Name}, key)
 			}
 		}
-		return nil, "", fmt.Errorf("Deployment %s: --config=%s is not in a ConfigMap volume", deployment, file)
+		return nil, "", fmt.Errorf("deployment %s: --config=%s is not in a ConfigMap volume", deployment, file)
 	}
 	return config.Default(), fmt.Sprintf("built-in defaults (Deployment %s runs without --config)", deployment), nil
 }

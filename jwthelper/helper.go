@@ -101,7 +101,7 @@ func (h *Helper) Run(ctx context.Context) error {
 	}
 	client, err := workloadapi.New(ctx, workloadapi.WithAddr(h.opts.SocketAddr))
 	if err != nil {
-		return fmt.Errorf("Workload API client for %s: %w", h.opts.SocketAddr, err)
+		return fmt.Errorf("the Workload API client for %s: %w", h.opts.SocketAddr, err)
 	}
 	defer client.Close()
 

@@ -174,17 +174,17 @@ func injectList(js []byte, chain *mutators.Chain, defaultNS string, namespaces m
 	var items []json.RawMessage
 	if raw, ok := list["items"]; ok {
 		if err := json.Unmarshal(raw, &items); err != nil {
-			return nil, fmt.Errorf("List items: %w", err)
+			return nil, fmt.Errorf("the items of the List: %w", err)
 		}
 	}
 	for i, item := range items {
 		var h header
 		if err := json.Unmarshal(item, &h); err != nil {
-			return nil, fmt.Errorf("List item %d: %w", i, err)
+			return nil, fmt.Errorf("item %d of the List: %w", i, err)
 		}
 		out, _, err := injectObject(item, h, chain, defaultNS, namespaces)
 		if err != nil {
-			return nil, fmt.Errorf("List item %d: %w", i, err)
+			return nil, fmt.Errorf("item %d of the List: %w", i, err)
 		}
 		items[i] = out
 	}

@@ -9,9 +9,7 @@ package envtest
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
-	"net/http"
 	"os"
 	"strconv"
 	"testing"
@@ -104,12 +102,6 @@ func freePort() int {
 		panic(err)
 	}
 	return p
-}
-
-// tlsClient trusts the control plane's serving CA.
-func tlsClient() *http.Client {
-	pool := caPool()
-	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 }
 
 // zapLevel keeps the server's logs to errors unless SMI_TEST_VERBOSE is set.
