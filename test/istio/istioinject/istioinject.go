@@ -162,6 +162,10 @@ func nativeVariant(cfg *inject.Config) error {
 // Handler is Istio's injection webhook handler, served at /inject as istiod serves it.
 func (in *Injector) Handler() http.Handler { return in.mux }
 
+// Mesh is the mesh configuration Istio's installer rendered (the istio ConfigMap's mesh), as istiod
+// and the injector read it.
+func (in *Injector) Mesh() *meshconfig.MeshConfig { return in.mesh }
+
 // Template returns one of the rendered injection templates (for the record in test output).
 func (in *Injector) Template(name string) string { return in.config.RawTemplates[name] }
 
