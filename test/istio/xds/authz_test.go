@@ -97,7 +97,7 @@ func TestAuthorizationPolicies(t *testing.T) {
 				t.Fatalf("%s: %d rules; the cases here describe one", o.File, len(ap.Spec.Rules))
 			}
 			ns, app, _ := strings.Cut(tc.workload, "/")
-			h, err := m.inbound(t, m.proxy(ns, app), appPort, simulation.MTLS)
+			h, err := m.inbound(t, m.proxy(t, ns, app), appPort, simulation.MTLS)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -130,7 +130,7 @@ func requireAllowsNothing(t *testing.T, m *mesh, o object) {
 			continue
 		}
 		ns, app, _ := strings.Cut(key, "/")
-		h, err := m.inbound(t, m.proxy(ns, app), appPort, simulation.MTLS)
+		h, err := m.inbound(t, m.proxy(t, ns, app), appPort, simulation.MTLS)
 		if err != nil {
 			continue // no HTTP port: nothing to allow
 		}
@@ -138,11 +138,11 @@ func requireAllowsNothing(t *testing.T, m *mesh, o object) {
 			t.Errorf("%s: %s has no enforcing ALLOW filter", o.key(), key)
 		}
 	}
-	h, err := m.inbound(t, m.proxy("shop", "payments"), appPort, simulation.MTLS)
+	h, err := m.inbound(t, m.proxy(t, "shop", "payments"), appPort, simulation.MTLS)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := request{Peer: m.spiffeID("shop", "frontend"), Method: "GET", Path: "/"}
+	r := request{Peer: m.spiffeID(t, "shop", "frontend"), Method: "GET", Path: "/"}
 	for _, f := range allowFilters(t, h) {
 		for name, p := range f.GetPolicies() {
 			if policyMatches(t, p, r, nil) {

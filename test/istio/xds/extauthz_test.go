@@ -9,6 +9,7 @@ import (
 	extauthz "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_authz/v3"
 	"istio.io/istio/pilot/pkg/simulation"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
@@ -33,7 +34,7 @@ func TestJWTSVIDGoesOnlyToItsAudience(t *testing.T) {
 		if len(targets) == 0 {
 			t.Fatalf("%s sends JWT-SVIDs for %q, which no RequestAuthentication under manifests/ accepts", key, aud)
 		}
-		proxy := m.proxy(pod.Namespace, pod.Labels["app"])
+		proxy := m.proxy(t, pod.Namespace, pod.Labels["app"])
 		for _, d := range m.destinations(t) {
 			h := m.outbound(t, proxy, d.host, d.address, d.port, d.protocol)
 			helper := helperExtAuthz(t, m.cfg, h)
@@ -100,24 +101,12 @@ func (m *mesh) servicesAccepting(t *testing.T, aud string) []string {
 		var svc corev1.Service
 		o.decode(t, &svc)
 		for _, p := range pods {
-			if p.Namespace == svc.Namespace && selects(svc.Spec.Selector, p.Labels) {
+			if p.Namespace == svc.Namespace && len(svc.Spec.Selector) > 0 && labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(p.Labels)) {
 				hosts = append(hosts, svc.Name+"."+svc.Namespace+".svc.cluster.local")
 			}
 		}
 	}
 	return hosts
-}
-
-func selects(selector, labels map[string]string) bool {
-	if len(selector) == 0 {
-		return false
-	}
-	for k, v := range selector {
-		if labels[k] != v {
-			return false
-		}
-	}
-	return true
 }
 
 // destination is somewhere a workload sends plain HTTP that its sidecar handles.

@@ -68,7 +68,7 @@ func TestFederatedPartnerReachesMeshedPods(t *testing.T) {
 		t.Fatalf("the registration of namespace %s does not federate with %s: %+v, %v", f.namespace, f.partner, spec.FederatesWith, err)
 	}
 
-	local := m.spiffeID(f.namespace, "ledger")
+	local := m.spiffeID(t, f.namespace, "ledger")
 	partner := c.partner("shop", "frontend", f.partner)
 	sans := peerSANs(t, m, f.namespace, "ledger")
 	if !sansAccept(t, sans, local) {
@@ -92,7 +92,7 @@ func TestFederatedPartnerReachesMeshedPods(t *testing.T) {
 
 	t.Run("trustDomainAliases let the partner in as a local identity", func(t *testing.T) {
 		m := newMeshVariant(t, variant{mesh: func(mc *meshconfig.MeshConfig) { mc.TrustDomainAliases = []string{f.partner} }})
-		h, err := m.inbound(t, m.proxy("shop", "orders"), appPort, simulation.MTLS)
+		h, err := m.inbound(t, m.proxy(t, "shop", "orders"), appPort, simulation.MTLS)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -108,12 +108,13 @@ func TestFederatedPartnerReachesMeshedPods(t *testing.T) {
 // when there are none), after checking that all its trust comes from SPIRE (requireSPIRETLS).
 func peerSANs(t *testing.T, m *mesh, ns, app string) []*matcherpb.StringMatcher {
 	t.Helper()
-	h, err := m.inbound(t, m.proxy(ns, app), appPort, simulation.MTLS)
+	h, err := m.inbound(t, m.proxy(t, ns, app), appPort, simulation.MTLS)
 	if err != nil {
 		t.Fatalf("a mutual-TLS request to %s/%s is refused: %v", ns, app, err)
 	}
 	ctx := downstreamTLS(t, h.Chain)
 	requireSPIRETLS(t, m, ns, app, ctx)
+	//lint:ignore SA1019 Istio generates the peer SAN check in this field.
 	return ctx.GetCommonTlsContext().GetCombinedValidationContext().GetDefaultValidationContext().GetMatchSubjectAltNames()
 }
 

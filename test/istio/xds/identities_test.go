@@ -14,11 +14,11 @@ type callers struct {
 }
 
 // id is the SPIFFE ID spire-mesh-injector's registration gives workload ns/app.
-func (c callers) id(ns, app string) string { return c.m.spiffeID(ns, app) }
+func (c callers) id(ns, app string) string { return c.m.spiffeID(c.t, ns, app) }
 
 // elsewhere is the SPIFFE ID of a pod like ns/app's (same service account) in namespace other.
 func (c callers) elsewhere(ns, app, other string) string {
-	pod := c.m.pod(ns, app).DeepCopy()
+	pod := c.m.pod(c.t, ns, app).DeepCopy()
 	pod.Namespace = other
 	return spiffeIDOf(c.t, c.m.cfg, pod)
 }
@@ -30,7 +30,7 @@ func (c callers) partner(ns, app, trustDomain string) string {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	return spiffeIDOf(c.t, cfg, c.m.pod(ns, app))
+	return spiffeIDOf(c.t, cfg, c.m.pod(c.t, ns, app))
 }
 
 // jwtSVID is the payload of a JWT-SVID SPIRE mints for subject and audience, with the issuer

@@ -15,6 +15,7 @@ import (
 	"istio.io/istio/pkg/config/constants"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
@@ -26,7 +27,6 @@ import (
 // Kubernetes objects of manifests/ and testdata/, and the sample workloads wired as the API
 // server stores them.
 type mesh struct {
-	t       *testing.T
 	cfg     *config.Config
 	objects []object
 	env     map[string]string // istiod's environment (values.pilot.env)
@@ -49,7 +49,7 @@ func newMesh(t *testing.T) *mesh { return newMeshVariant(t, variant{}) }
 
 func newMeshVariant(t *testing.T, v variant) *mesh {
 	t.Helper()
-	m := &mesh{t: t, cfg: webhookConfig(t, ""), pods: map[string]*corev1.Pod{}, agents: map[string]agent{}}
+	m := &mesh{cfg: webhookConfig(t, ""), pods: map[string]*corev1.Pod{}, agents: map[string]agent{}}
 	m.objects = append(readObjects(t, manifestsDir), readObjects(t, testdataDir)...)
 
 	values, err := sailValues(m.objects)
@@ -70,7 +70,7 @@ func newMeshVariant(t *testing.T, v variant) *mesh {
 	if v.mesh != nil {
 		v.mesh(m.config)
 	}
-	m.requireOneTrustDomain()
+	m.requireOneTrustDomain(t)
 
 	kube := []runtime.Object{&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}}}
 	var istioConfig []string
@@ -127,8 +127,8 @@ func (m *mesh) optedIn(ns string) bool {
 
 // requireOneTrustDomain checks the one fact the whole configuration rests on: Istio's trust
 // domain, ZTWIM's and spire-mesh-injector's are the same.
-func (m *mesh) requireOneTrustDomain() {
-	m.t.Helper()
+func (m *mesh) requireOneTrustDomain(t *testing.T) {
+	t.Helper()
 	for _, o := range m.objects {
 		if o.Kind == "ZeroTrustWorkloadIdentityManager" {
 			var z struct {
@@ -136,30 +136,30 @@ func (m *mesh) requireOneTrustDomain() {
 					TrustDomain string `json:"trustDomain"`
 				} `json:"spec"`
 			}
-			o.decode(m.t, &z)
+			o.decode(t, &z)
 			if z.Spec.TrustDomain != m.cfg.TrustDomain || m.config.TrustDomain != m.cfg.TrustDomain {
-				m.t.Fatalf("trust domains differ: ZTWIM %q, Istio %q, spire-mesh-injector %q", z.Spec.TrustDomain, m.config.TrustDomain, m.cfg.TrustDomain)
+				t.Fatalf("trust domains differ: ZTWIM %q, Istio %q, spire-mesh-injector %q", z.Spec.TrustDomain, m.config.TrustDomain, m.cfg.TrustDomain)
 			}
 			return
 		}
 	}
-	m.t.Fatal("manifests/ has no ZeroTrustWorkloadIdentityManager")
+	t.Fatal("manifests/ has no ZeroTrustWorkloadIdentityManager")
 }
 
 // pod is the wired pod of workload app in namespace ns.
-func (m *mesh) pod(ns, app string) *corev1.Pod {
-	m.t.Helper()
+func (m *mesh) pod(t *testing.T, ns, app string) *corev1.Pod {
+	t.Helper()
 	p, ok := m.pods[ns+"/"+app]
 	if !ok {
-		m.t.Fatalf("no wired pod %s/%s; have %v", ns, app, slices.Sorted(maps.Keys(m.pods)))
+		t.Fatalf("no wired pod %s/%s; have %v", ns, app, slices.Sorted(maps.Keys(m.pods)))
 	}
 	return p
 }
 
 // spiffeID is the SPIFFE ID spire-mesh-injector's registration gives the workload (identity.SPIFFEID).
-func (m *mesh) spiffeID(ns, app string) string {
-	m.t.Helper()
-	return spiffeIDOf(m.t, m.cfg, m.pod(ns, app))
+func (m *mesh) spiffeID(t *testing.T, ns, app string) string {
+	t.Helper()
+	return spiffeIDOf(t, m.cfg, m.pod(t, ns, app))
 }
 
 // spiffeIDOf is identity.SPIFFEID for pod under cfg.
@@ -176,51 +176,43 @@ func spiffeIDOf(t *testing.T, cfg *config.Config, pod *corev1.Pod) string {
 // wrote into its bootstrap: istiod's own parsing of the node (ParseMetadata,
 // ParseServiceNodeWithMetadata, the config namespace), the workload's labels from the registry,
 // and the rest of istiod's per-proxy setup (SetupProxy: sidecar scope, service targets).
-func (m *mesh) proxy(ns, app string) *model.Proxy {
-	m.t.Helper()
+func (m *mesh) proxy(t *testing.T, ns, app string) *model.Proxy {
+	t.Helper()
 	a, ok := m.agents[ns+"/"+app]
 	if !ok {
-		m.t.Fatalf("no wired pod %s/%s", ns, app)
+		t.Fatalf("no wired pod %s/%s", ns, app)
 	}
 	node, _ := a.Bootstrap["node"].(map[string]any)
 	raw, err := structpb.NewStruct(node["metadata"].(map[string]any))
 	if err != nil {
-		m.t.Fatal(err)
+		t.Fatal(err)
 	}
 	meta, err := model.ParseMetadata(raw)
 	if err != nil {
-		m.t.Fatalf("istiod cannot parse the node metadata pilot-agent wrote: %v\n%s", err, jsonOf(raw))
+		t.Fatalf("istiod cannot parse the node metadata pilot-agent wrote: %v\n%s", err, jsonOf(raw))
 	}
 	p, err := model.ParseServiceNodeWithMetadata(node["id"].(string), meta)
 	if err != nil {
-		m.t.Fatal(err)
+		t.Fatal(err)
 	}
 	p.ConfigNamespace = model.GetProxyConfigNamespace(p)
 	p.SetWorkloadLabels(m.server.Env())
 	if p.Metadata.ClusterID == "" {
-		m.t.Fatalf("pilot-agent's node for %s/%s names no cluster", ns, app)
+		t.Fatalf("pilot-agent's node for %s/%s names no cluster", ns, app)
 	}
 	if p.Metadata.ClusterID != constants.DefaultClusterName {
 		// The fake discovery server's registry is the default cluster's.
-		m.t.Fatalf("pilot-agent's node for %s/%s is in cluster %q, the registry is %q", ns, app, p.Metadata.ClusterID, constants.DefaultClusterName)
+		t.Fatalf("pilot-agent's node for %s/%s is in cluster %q, the registry is %q", ns, app, p.Metadata.ClusterID, constants.DefaultClusterName)
 	}
 	return m.server.SetupProxy(p)
 }
 
-// podsSelected are the wired pods in ns whose labels include selector.
+// podsSelected are the wired pods in ns that selector (a workload selector's matchLabels; empty:
+// every pod) selects.
 func (m *mesh) podsSelected(ns string, selector map[string]string) []*corev1.Pod {
 	var out []*corev1.Pod
 	for _, p := range m.pods {
-		if p.Namespace != ns {
-			continue
-		}
-		ok := true
-		for k, v := range selector {
-			if p.Labels[k] != v {
-				ok = false
-			}
-		}
-		if ok {
+		if p.Namespace == ns && labels.SelectorFromSet(selector).Matches(labels.Set(p.Labels)) {
 			out = append(out, p)
 		}
 	}

@@ -26,7 +26,7 @@ func TestInboundMTLSUsesSPIRE(t *testing.T) {
 	m := newMesh(t)
 	for _, app := range []string{"orders", "payments", "frontend"} {
 		t.Run(app, func(t *testing.T) {
-			proxy := m.proxy("shop", app)
+			proxy := m.proxy(t, "shop", app)
 			if _, err := m.inbound(t, proxy, appPort, simulation.Plaintext); err == nil {
 				t.Errorf("a plain-text request to %s:%d is accepted under STRICT", app, appPort)
 			}
@@ -82,7 +82,7 @@ func requireSecretFromSPIRE(t *testing.T, m *mesh, ns, app string, sc *tlsv3.Sds
 	}
 	clusterName := api.GetGrpcServices()[0].GetEnvoyGrpc().GetClusterName()
 	pipe := staticClusterPipe(t, m.agents[ns+"/"+app].Bootstrap, clusterName)
-	if want := spireSocket(t, m.cfg, m.pod(ns, app)); filepath.Join("/", pipe) != want {
+	if want := spireSocket(t, m.cfg, m.pod(t, ns, app)); filepath.Join("/", pipe) != want {
 		t.Errorf("%s/%s: secret %q comes from cluster %q at %s, not from the SPIRE agent's socket %s", ns, app, name, clusterName, pipe, want)
 	}
 }
