@@ -8,6 +8,7 @@ import (
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	rbacpb "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -129,14 +130,32 @@ func downstreamTLS(t *testing.T, fc *listener.FilterChain) *tlsv3.DownstreamTlsC
 	return xdstest.UnmarshalAny[tlsv3.DownstreamTlsContext](t, fc.GetTransportSocket().GetTypedConfig())
 }
 
-// transportSocketFor is the transport socket Envoy's cluster c uses towards an endpoint with the
-// given transport-socket-match metadata: the first transport_socket_matches entry whose criteria
-// the metadata satisfies, else the cluster's transport_socket.
-func transportSocketFor(c *cluster.Cluster, endpointMeta map[string]string) *core.TransportSocket {
+// endpoints are the endpoints istiod sends proxy for cluster over EDS.
+func (m *mesh) endpoints(t *testing.T, proxy *model.Proxy, cluster string) []*endpoint.LbEndpoint {
+	t.Helper()
+	var out []*endpoint.LbEndpoint
+	for _, cla := range m.server.Endpoints(proxy) {
+		if cla.GetClusterName() == cluster {
+			for _, l := range cla.GetEndpoints() {
+				out = append(out, l.GetLbEndpoints()...)
+			}
+		}
+	}
+	if len(out) == 0 {
+		t.Fatalf("istiod sends %s no endpoints for %s", proxy.ID, cluster)
+	}
+	return out
+}
+
+// transportSocketFor is the transport socket Envoy's cluster c uses towards endpoint ep: the first
+// transport_socket_matches entry whose criteria ep's envoy.transport_socket_match metadata
+// satisfies, else the cluster's transport_socket.
+func transportSocketFor(c *cluster.Cluster, ep *endpoint.LbEndpoint) *core.TransportSocket {
+	meta := ep.GetMetadata().GetFilterMetadata()["envoy.transport_socket_match"].GetFields()
 	for _, m := range c.GetTransportSocketMatches() {
 		ok := true
 		for k, v := range m.GetMatch().GetFields() {
-			if endpointMeta[k] != v.GetStringValue() {
+			if meta[k].GetStringValue() != v.GetStringValue() {
 				ok = false
 			}
 		}
@@ -440,4 +459,10 @@ func principalsJSON(p *rbacpb.Policy) string {
 		s = append(s, jsonOf(x))
 	}
 	return strings.Join(s, "\n")
+}
+
+// sansAccept is Envoy's match_subject_alt_names for a certificate whose URI SAN is id.
+func sansAccept(t *testing.T, sans []*matcherpb.StringMatcher, id string) bool {
+	t.Helper()
+	return len(sans) == 0 || slices.ContainsFunc(sans, func(m *matcherpb.StringMatcher) bool { return stringMatches(t, m, id) })
 }

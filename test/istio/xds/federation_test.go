@@ -117,9 +117,3 @@ func peerSANs(t *testing.T, m *mesh, ns, app string) []*matcherpb.StringMatcher 
 	//lint:ignore SA1019 Istio generates the peer SAN check in this field.
 	return ctx.GetCommonTlsContext().GetCombinedValidationContext().GetDefaultValidationContext().GetMatchSubjectAltNames()
 }
-
-// sansAccept is Envoy's match_subject_alt_names for a certificate whose URI SAN is id.
-func sansAccept(t *testing.T, sans []*matcherpb.StringMatcher, id string) bool {
-	t.Helper()
-	return len(sans) == 0 || slices.ContainsFunc(sans, func(m *matcherpb.StringMatcher) bool { return stringMatches(t, m, id) })
-}

@@ -12,7 +12,6 @@ import (
 	"istio.io/istio/pilot/pkg/simulation"
 	"istio.io/istio/pilot/test/xdstest"
 	"istio.io/istio/pkg/jwt"
-	corev1 "k8s.io/api/core/v1"
 )
 
 // TestRequestAuthenticationJWKS: each RequestAuthentication under manifests/ becomes, at every
@@ -99,33 +98,20 @@ func requireJWKS(t *testing.T, m *mesh, proxy *model.Proxy, provider *jwtauthn.J
 			t.Fatalf("Envoy fetches %s through cluster %q, which %s does not have", jwksURI, name, proxy.ID)
 		}
 		u, _ := url.Parse(jwksURI)
-		endpoint := map[string]string{"tlsMode": model.GetTLSModeFromEndpointLabels(oidcProviderPod(t, m).Labels)}
-		ts := transportSocketFor(c, endpoint)
-		if ts.GetTypedConfig().GetTypeUrl() != "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext" {
-			t.Errorf("Envoy fetches %s itself (PILOT_JWT_ENABLE_REMOTE_JWKS=%q) through cluster %s, which speaks plain text (%s) to the provider's %s port: "+
-				"it gets no keys and refuses every token (401). Let istiod fetch it: PILOT_JWT_ENABLE_REMOTE_JWKS \"false\" with the service CA in jwksResolverExtraRootCA",
-				jwksURI, m.env["PILOT_JWT_ENABLE_REMOTE_JWKS"], name, ts.GetName(), u.Scheme)
-			return
-		}
-		tls := xdstest.UnmarshalAny[tlsv3.UpstreamTlsContext](t, ts.GetTypedConfig())
-		if tls.GetSni() != u.Hostname() || tls.GetCommonTlsContext().GetValidationContextType() == nil {
-			t.Errorf("Envoy fetches %s over TLS without verifying the provider: %s", jwksURI, jsonOf(tls))
+		for _, ep := range m.endpoints(t, proxy, name) {
+			ts := transportSocketFor(c, ep)
+			if ts.GetTypedConfig().GetTypeUrl() != "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext" {
+				t.Errorf("Envoy fetches %s itself (PILOT_JWT_ENABLE_REMOTE_JWKS=%q) through cluster %s, which speaks plain text (%s) to the provider's %s port at %s: "+
+					"it gets no keys and refuses every token (401). Let istiod fetch it: PILOT_JWT_ENABLE_REMOTE_JWKS \"false\" with the service CA in jwksResolverExtraRootCA",
+					jwksURI, m.env["PILOT_JWT_ENABLE_REMOTE_JWKS"], name, ts.GetName(), u.Scheme, ep.GetEndpoint().GetAddress().GetSocketAddress().GetAddress())
+				continue
+			}
+			tls := xdstest.UnmarshalAny[tlsv3.UpstreamTlsContext](t, ts.GetTypedConfig())
+			if tls.GetSni() != u.Hostname() || tls.GetCommonTlsContext().GetValidationContextType() == nil {
+				t.Errorf("Envoy fetches %s over TLS without verifying the provider: %s", jwksURI, jsonOf(tls))
+			}
 		}
 	default:
 		t.Errorf("jwt_authn provider %s has no JWKS: %v", provider.GetIssuer(), src)
 	}
-}
-
-// oidcProviderPod is ZTWIM's OIDC discovery provider pod (testdata/workloads.yaml).
-func oidcProviderPod(t *testing.T, m *mesh) *corev1.Pod {
-	t.Helper()
-	for _, o := range m.objects {
-		if o.Kind == "Pod" && o.Metadata.Namespace == "zero-trust-workload-identity-manager" {
-			var pod corev1.Pod
-			o.decode(t, &pod)
-			return &pod
-		}
-	}
-	t.Fatal("testdata has no OIDC discovery provider pod")
-	return nil
 }

@@ -14,9 +14,11 @@ import (
 	xdsfake "istio.io/istio/pilot/test/xds"
 	"istio.io/istio/pkg/config/constants"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/utils/ptr"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/identity"
@@ -74,6 +76,8 @@ func newMeshVariant(t *testing.T, v variant) *mesh {
 
 	kube := []runtime.Object{&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-1"}}}
 	var istioConfig []string
+	var services []*corev1.Service
+	var running []*corev1.Pod
 	ip := 10
 	for _, o := range m.objects {
 		switch {
@@ -84,16 +88,16 @@ func newMeshVariant(t *testing.T, v variant) *mesh {
 			o.decode(t, &ns)
 			kube = append(kube, &ns)
 		case o.APIVersion == "v1" && o.Kind == "Service":
-			var svc corev1.Service
-			o.decode(t, &svc)
-			kube = append(kube, &svc)
+			svc := &corev1.Service{}
+			o.decode(t, svc)
+			services = append(services, svc)
 		case o.APIVersion == "v1" && o.Kind == "Pod":
 			// Pods outside the mesh (ZTWIM's OIDC provider), as they run.
-			var pod corev1.Pod
-			o.decode(t, &pod)
+			pod := &corev1.Pod{}
+			o.decode(t, pod)
 			ip++
 			pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: fmt.Sprintf("10.0.0.%d", ip), Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}}
-			kube = append(kube, &pod)
+			running = append(running, pod)
 		case o.APIVersion == "apps/v1" && o.Kind == "Deployment":
 			if !m.optedIn(o.Metadata.Namespace) {
 				t.Fatalf("%s: Deployment %s is in a namespace not opted in to Istio and SPIRE", o.File, o.key())
@@ -103,8 +107,14 @@ func newMeshVariant(t *testing.T, v variant) *mesh {
 			key := pod.Namespace + "/" + pod.Labels["app"]
 			m.pods[key] = pod
 			m.agents[key] = pilotAgent(t, m.cfg, pod)
-			kube = append(kube, pod)
+			running = append(running, pod)
 		}
+	}
+	for _, svc := range services {
+		kube = append(kube, svc, endpointSlice(t, svc, running))
+	}
+	for _, pod := range running {
+		kube = append(kube, pod)
 	}
 	m.server = xdsfake.NewFakeDiscoveryServer(t, xdsfake.FakeOptions{
 		KubernetesObjects: kube,
@@ -217,4 +227,48 @@ func (m *mesh) podsSelected(ns string, selector map[string]string) []*corev1.Pod
 		}
 	}
 	return out
+}
+
+// endpointSlice is the EndpointSlice Kubernetes' EndpointSlice controller (which does not run here)
+// keeps for svc: the ready pods it selects, with the target ports resolved against their
+// containers' named ports.
+func endpointSlice(t *testing.T, svc *corev1.Service, pods []*corev1.Pod) *discoveryv1.EndpointSlice {
+	t.Helper()
+	es := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      svc.Name + "-x9d2k",
+			Namespace: svc.Namespace,
+			Labels:    map[string]string{discoveryv1.LabelServiceName: svc.Name, discoveryv1.LabelManagedBy: "endpointslice-controller.k8s.io"},
+		},
+		AddressType: discoveryv1.AddressTypeIPv4,
+	}
+	var selected []*corev1.Pod
+	for _, p := range pods {
+		if p.Namespace == svc.Namespace && len(svc.Spec.Selector) > 0 && labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(p.Labels)) {
+			selected = append(selected, p)
+			es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{
+				Addresses:  []string{p.Status.PodIP},
+				Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)},
+				TargetRef:  &corev1.ObjectReference{Kind: "Pod", Namespace: p.Namespace, Name: p.Name},
+				NodeName:   ptr.To(p.Spec.NodeName),
+			})
+		}
+	}
+	for _, sp := range svc.Spec.Ports {
+		port := sp.TargetPort.IntVal
+		if sp.TargetPort.StrVal != "" && len(selected) > 0 {
+			for _, c := range selected[0].Spec.Containers {
+				for _, cp := range c.Ports {
+					if cp.Name == sp.TargetPort.StrVal {
+						port = cp.ContainerPort
+					}
+				}
+			}
+		}
+		if port == 0 {
+			port = sp.Port
+		}
+		es.Ports = append(es.Ports, discoveryv1.EndpointPort{Name: ptr.To(sp.Name), Port: ptr.To(port), Protocol: ptr.To(corev1.ProtocolTCP)})
+	}
+	return es
 }

@@ -7,6 +7,7 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"istio.io/istio/pilot/pkg/simulation"
+	"istio.io/istio/pilot/test/xdstest"
 	pm "istio.io/istio/pkg/model"
 	corev1 "k8s.io/api/core/v1"
 
@@ -39,6 +40,38 @@ func TestInboundMTLSUsesSPIRE(t *testing.T) {
 	}
 }
 
+// TestOutboundMTLSVerifiesSPIREIdentity: frontend's requests to orders and payments leave over
+// mutual TLS to every endpoint (Istio's auto mTLS: they are meshed), presenting frontend's SPIRE
+// certificate and validating the server with SPIRE's ROOTCA, both over SDS from the SPIRE agent, and
+// accept only a server certificate that carries the SPIFFE ID our registration gives that service's
+// pods. Istio computes that name itself (trust domain and the pods' service account): were it not the
+// ID SPIRE issues, every call would fail the handshake.
+func TestOutboundMTLSVerifiesSPIREIdentity(t *testing.T) {
+	m := newMesh(t)
+	proxy := m.proxy(t, "shop", "frontend")
+	for app, other := range map[string]string{"orders": "payments", "payments": "orders"} {
+		h := m.outbound(t, proxy, app+".shop.svc.cluster.local", "", 80, simulation.HTTP)
+		c := xdstest.ExtractCluster(h.Cluster, m.server.Clusters(proxy))
+		for _, ep := range m.endpoints(t, proxy, h.Cluster) {
+			ts := transportSocketFor(c, ep)
+			if ts.GetTypedConfig().GetTypeUrl() != "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext" {
+				t.Errorf("frontend → %s: plain text (%s) to %v", app, ts.GetName(), ep.GetEndpoint().GetAddress())
+				continue
+			}
+			common := xdstest.UnmarshalAny[tlsv3.UpstreamTlsContext](t, ts.GetTypedConfig()).GetCommonTlsContext()
+			requireCommonTLSFromSPIRE(t, m, "shop", "frontend", common)
+			//lint:ignore SA1019 Istio generates the server SAN check in this field.
+			sans := common.GetCombinedValidationContext().GetDefaultValidationContext().GetMatchSubjectAltNames()
+			if id := m.spiffeID(t, "shop", app); len(sans) == 0 || !sansAccept(t, sans, id) {
+				t.Errorf("frontend → %s: server SANs %v do not require %s", app, sans, id)
+			}
+			if id := m.spiffeID(t, "shop", other); sansAccept(t, sans, id) {
+				t.Errorf("frontend → %s: server SANs %v accept %s", app, sans, id)
+			}
+		}
+	}
+}
+
 // requireSPIRETLS checks an inbound TLS context of workload ns/app: client certificates required,
 // the certificate and the trust from the SPIRE agent over SDS, nothing else.
 func requireSPIRETLS(t *testing.T, m *mesh, ns, app string, ctx *tlsv3.DownstreamTlsContext) {
@@ -49,7 +82,14 @@ func requireSPIRETLS(t *testing.T, m *mesh, ns, app string, ctx *tlsv3.Downstrea
 	if !ctx.GetRequireClientCertificate().GetValue() {
 		t.Errorf("%s/%s: client certificates are not required", ns, app)
 	}
-	common := ctx.GetCommonTlsContext()
+	requireCommonTLSFromSPIRE(t, m, ns, app, ctx.GetCommonTlsContext())
+}
+
+// requireCommonTLSFromSPIRE checks that workload ns/app's side of a TLS connection presents the
+// certificate `default` and validates the peer with `ROOTCA`, both over SDS from the SPIRE agent,
+// and nothing inline.
+func requireCommonTLSFromSPIRE(t *testing.T, m *mesh, ns, app string, common *tlsv3.CommonTlsContext) {
+	t.Helper()
 	if len(common.GetTlsCertificates()) > 0 {
 		t.Errorf("%s/%s: inline certificates: %v", ns, app, common.GetTlsCertificates())
 	}
