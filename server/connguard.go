@@ -64,12 +64,17 @@ type guardedConn struct {
 	client   string
 	accepted time.Time
 
-	once  sync.Once
-	state http.ConnState // under g.mu
+	// Under g.mu. A connection is released once, by its Close or by its eviction, whichever comes
+	// first (a sync.Once here would deadlock: an eviction holds g.mu while a Close in progress holds
+	// the Once and waits for g.mu).
+	state    http.ConnState
+	released bool
 }
 
 func (c *guardedConn) Close() error {
-	c.once.Do(c.g.release(c))
+	c.g.mu.Lock()
+	c.g.releaseLocked(c)
+	c.g.mu.Unlock()
 	return c.Conn.Close()
 }
 
@@ -110,7 +115,7 @@ func (g *connGuard) admit(conn net.Conn) *guardedConn {
 			return nil
 		}
 		// Released here, so the slot is the new connection's even before the victim's Close runs.
-		victim.once.Do(g.releaseLocked(victim))
+		g.releaseLocked(victim)
 	}
 	c := &guardedConn{Conn: conn, g: g, client: client, accepted: g.now(), state: http.StateNew}
 	g.conns[c] = struct{}{}
@@ -141,25 +146,17 @@ func (g *connGuard) idlest() *guardedConn {
 	return best
 }
 
-func (g *connGuard) release(c *guardedConn) func() {
-	return func() {
-		g.mu.Lock()
-		defer g.mu.Unlock()
-		g.releaseLocked(c)()
+// releaseLocked gives c's slot back, once. Called with g.mu held.
+func (g *connGuard) releaseLocked(c *guardedConn) {
+	if c.released {
+		return
 	}
-}
-
-func (g *connGuard) releaseLocked(c *guardedConn) func() {
-	return func() {
-		if _, ok := g.conns[c]; !ok {
-			return
-		}
-		delete(g.conns, c)
-		if g.perClient[c.client]--; g.perClient[c.client] <= 0 {
-			delete(g.perClient, c.client)
-		}
-		g.metrics.open.Dec()
+	c.released = true
+	delete(g.conns, c)
+	if g.perClient[c.client]--; g.perClient[c.client] <= 0 {
+		delete(g.perClient, c.client)
 	}
+	g.metrics.open.Dec()
 }
 
 // connState is the http.Server's ConnState hook: it tells the guard which connections are busy.

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -129,6 +130,26 @@ func TestSlowClientsCannotExhaustTheListener(t *testing.T) {
 	for _, c := range held {
 		c.Close()
 	}
+
+	// Churn at the cap: clients connecting and hanging up as fast as they can while connections
+	// are evicted. The listener must never wedge (a release by Close racing an eviction).
+	stop := time.Now().Add(2 * time.Second)
+	var wg sync.WaitGroup
+	for i := range 4 {
+		ip := "127.0.0." + strconv.Itoa(20+i)
+		for range 16 {
+			wg.Go(func() {
+				for time.Now().Before(stop) {
+					if c, err := dialFrom(ip); err == nil {
+						_ = c.Close()
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	require.NoError(t, post(), "served after the churn")
+	assert.Zero(t, testutil.ToFloat64(srv.metrics.open), "every connection's slot given back")
 	cancel()
 	select {
 	case err := <-done:

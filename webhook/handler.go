@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -113,6 +114,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	weight = max(weight, 1)
 	if !h.inflight.TryAcquire(weight) {
+		// The body is read and dropped (through a small buffer, not kept): unread, the server would
+		// close the connection mid-request and the client would see a broken connection, not the 503.
+		_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, MaxRequestBytes))
 		w.Header().Set("Retry-After", "1")
 		h.refuse(w, r, RefusedShed, http.StatusServiceUnavailable, "too many admission request bytes in flight; retry")
 		return

@@ -28,6 +28,8 @@ type ServeOptions struct {
 	CA      []byte
 	// LogPath receives the process's log (its stdout and stderr).
 	LogPath string
+	// Args are more flags; Env more environment variables (beside this process's).
+	Args, Env []string
 }
 
 // Serve is a running `spire-mesh-injector serve` process listening on loopback.
@@ -71,7 +73,7 @@ func StartServe(ctx context.Context, o ServeOptions) (*Serve, error) {
 		log:        logf,
 	}
 	s.Process, err = proc.Start(o.Bin, proc.Options{
-		Args: []string{"serve",
+		Args: append([]string{"serve",
 			"--kubeconfig=" + o.Kubeconfig,
 			"--host=127.0.0.1", "--port=" + strconv.Itoa(port),
 			"--cert-dir=" + o.CertDir,
@@ -79,7 +81,8 @@ func StartServe(ctx context.Context, o ServeOptions) (*Serve, error) {
 			"--metrics-addr=127.0.0.1:" + strconv.Itoa(metrics),
 			"--leader-election-namespace=" + o.LeaseNamespace,
 			// The benchmarks stop the process between phases; no load balancer is waiting to notice.
-			"--shutdown-delay=0s"},
+			"--shutdown-delay=0s"}, o.Args...),
+		Env:    append(os.Environ(), o.Env...),
 		Output: logf,
 		// SIGTERM: it releases its lease.
 		Grace: 60 * time.Second,

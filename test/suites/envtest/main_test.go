@@ -30,6 +30,7 @@ import (
 var (
 	cp         *controlplane.ControlPlane
 	k8s        client.Client
+	suiteSrv   *controlplane.Server
 	metricsURL string
 	testConfig *config.Config
 )
@@ -80,6 +81,7 @@ func run(m *testing.M) int {
 		fmt.Println("server:", err)
 		return 1
 	}
+	suiteSrv = srv
 	if _, err := cp.InstallWebhook(ctx); err != nil {
 		fmt.Println("installing the webhook configuration:", err)
 		return 1

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -38,13 +39,40 @@ func TestValidatingPolicySafetyNet(t *testing.T) {
 		createForTest(t, obj.(client.Object))
 		installed++
 	}
-	require.Equal(t, 2, installed, "policy and binding")
+	require.Equal(t, 4, installed, "two policies and their bindings")
 
 	optedIn, other := namespace(t, true, nil), namespace(t, false, nil)
 	eventually(t, "a pod the webhook wired passes the policy", func() bool {
 		p := plainPod(optedIn, "probe", nil)
 		return wiredOnDryRun(ctx, p) && p.Labels[annotations.InjectedLabel] == "workload"
 	})
+
+	// The label registrations select pods by is the webhook's: no update may add, change or remove
+	// it, in any namespace; other label edits go through.
+	wired := plainPod(optedIn, "wired", nil)
+	require.NoError(t, k8s.Create(ctx, wired))
+	unwired := plainPod(other, "unwired", nil)
+	require.NoError(t, k8s.Create(ctx, unwired))
+	relabel := func(p *corev1.Pod, change func(map[string]string), opts ...client.UpdateOption) error {
+		cur := &corev1.Pod{}
+		require.NoError(t, k8s.Get(ctx, client.ObjectKeyFromObject(p), cur))
+		if cur.Labels == nil {
+			cur.Labels = map[string]string{}
+		}
+		change(cur.Labels)
+		return k8s.Update(ctx, cur, opts...)
+	}
+	var edit error
+	require.Eventually(t, func() bool {
+		// A dry run: until the API server enforces the new policy, nothing changes.
+		edit = relabel(unwired, func(l map[string]string) { l[annotations.InjectedLabel] = "workload" }, client.DryRunAll)
+		return edit != nil
+	}, 30*time.Second, 100*time.Millisecond, "adding the injected label to a pod the webhook never wired is refused")
+	assert.Contains(t, edit.Error(), "ValidatingAdmissionPolicy 'spire-mesh-injector-owned-labels'")
+	assert.Contains(t, edit.Error(), `label spire-mesh-injector.io/injected is set by spire-mesh-injector when a pod is created and may not be changed afterwards (it was "", the update makes it "workload")`)
+	assert.Error(t, relabel(wired, func(l map[string]string) { l[annotations.InjectedLabel] = "mesh" }), "changing it is refused")
+	assert.Error(t, relabel(wired, func(l map[string]string) { delete(l, annotations.InjectedLabel) }), "removing it is refused")
+	assert.NoError(t, relabel(wired, func(l map[string]string) { l["team"] = "payments" }), "other labels may change")
 
 	// The webhook becomes unreachable: failurePolicy Ignore lets the API server go on without it.
 	mwc := &admissionregistrationv1.MutatingWebhookConfiguration{}

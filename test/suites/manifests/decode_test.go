@@ -27,6 +27,7 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	k8snetworkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	schedulingv1 "k8s.io/api/scheduling/v1"
@@ -61,6 +62,7 @@ var types = map[string]func() any{
 	"security.istio.io/v1/AuthorizationPolicy":                         func() any { return &securityv1.AuthorizationPolicy{} },
 	"security.istio.io/v1/RequestAuthentication":                       func() any { return &securityv1.RequestAuthentication{} },
 	"networking.istio.io/v1alpha3/EnvoyFilter":                         func() any { return &networkingv1alpha3.EnvoyFilter{} },
+	"networking.k8s.io/v1/NetworkPolicy":                               func() any { return &k8snetworkingv1.NetworkPolicy{} },
 }
 
 // notOnTheProxy are kinds whose Go API modules the Go module proxy does not serve (ZTWIM's and the
@@ -126,11 +128,13 @@ func decodeAll(t *testing.T, where string, y []byte) []string {
 func TestKustomizeRendersValidObjects(t *testing.T) {
 	root := filepath.Join(controlplane.Root(), "kustomize")
 	want := map[string][]string{
-		"base":                         {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "MutatingWebhookConfiguration", "Namespace", "PodDisruptionBudget", "PriorityClass", "Role", "RoleBinding", "Service", "ServiceAccount"},
-		"overlays/cert-manager":        {"Certificate", "Certificate", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Issuer", "Issuer", "MutatingWebhookConfiguration", "Namespace", "PodDisruptionBudget", "PriorityClass", "Role", "RoleBinding", "Service", "ServiceAccount", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"},
-		"components/validating-policy": {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"},
-		"components/monitoring":        {"PrometheusRule", "ServiceMonitor"},
-		"overlays/openshift":           {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "ConfigMap", "Deployment", "MutatingWebhookConfiguration", "Namespace", "PodDisruptionBudget", "PriorityClass", "PrometheusRule", "Role", "RoleBinding", "Service", "ServiceAccount", "ServiceMonitor", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"},
+		"base":                                {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "MutatingWebhookConfiguration", "Namespace", "PodDisruptionBudget", "PriorityClass", "Role", "RoleBinding", "Service", "ServiceAccount"},
+		"overlays/cert-manager":               {"Certificate", "Certificate", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Issuer", "Issuer", "MutatingWebhookConfiguration", "Namespace", "PodDisruptionBudget", "PriorityClass", "Role", "RoleBinding", "Service", "ServiceAccount", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicyBinding"},
+		"components/validating-policy":        {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicyBinding"},
+		"components/monitoring":               {"PrometheusRule", "ServiceMonitor"},
+		"components/network-policy":           {"NetworkPolicy"},
+		"components/network-policy-openshift": {"NetworkPolicy"},
+		"overlays/openshift":                  {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "ConfigMap", "Deployment", "MutatingWebhookConfiguration", "Namespace", "NetworkPolicy", "PodDisruptionBudget", "PriorityClass", "PrometheusRule", "Role", "RoleBinding", "Service", "ServiceAccount", "ServiceMonitor", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicyBinding"},
 	}
 	for dir, kinds := range want {
 		t.Run(dir, func(t *testing.T) {
