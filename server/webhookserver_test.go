@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
@@ -18,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/certs"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/proc"
 )
 
 // TestSlowClientsCannotExhaustTheListener: clients that trickle their headers or their body, or
@@ -157,4 +160,45 @@ func TestSlowClientsCannotExhaustTheListener(t *testing.T) {
 	case <-time.After(35 * time.Second):
 		t.Fatal("server did not stop")
 	}
+}
+
+// TestClientCertificatesRequired: with a client CA file, only a client presenting a certificate
+// that CA signs is served (the API server, where the cluster lets it present one); the CA file is
+// read again when it changes; readiness, which checks the serving side only, stays true.
+func TestClientCertificatesRequired(t *testing.T) {
+	ca, dir := certs.NewServing(t, "serving CA")
+	apiCA := certs.NewCA(t, "webhook client CA")
+	caFile := filepath.Join(t.TempDir(), "client-ca.crt")
+	require.NoError(t, os.WriteFile(caFile, apiCA.PEM, 0o600))
+	port, err := proc.FreePort()
+	require.NoError(t, err)
+	srv := newHookServer("127.0.0.1", port, dir, caFile, TLSOptions, DefaultLimits, prometheus.NewRegistry())
+	srv.Register("/mutate-pods", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) }))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = srv.Start(ctx) }()
+	require.Eventually(t, func() bool { return srv.StartedChecker()(nil) == nil }, 5*time.Second, 20*time.Millisecond, "ready without a client certificate of its own")
+
+	post := func(certs ...tls.Certificate) error {
+		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
+			TLSClientConfig: &tls.Config{RootCAs: ca.Pool(), Certificates: certs}}}
+		resp, err := c.Post("https://127.0.0.1:"+strconv.Itoa(port)+"/mutate-pods", "application/json", nil)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	}
+	require.Error(t, post(), "no client certificate: refused in the handshake")
+	require.Error(t, post(certs.NewCA(t, "another CA").Client(t, "intruder")), "a certificate another CA signed: refused")
+	require.NoError(t, post(apiCA.Client(t, "kube-apiserver")), "the API server's certificate: served")
+
+	// The CA rotates: the file is read again.
+	next := certs.NewCA(t, "next webhook client CA")
+	require.NoError(t, os.WriteFile(caFile, next.PEM, 0o600))
+	future := time.Now().Add(2 * time.Second)
+	require.NoError(t, os.Chtimes(caFile, future, future))
+	require.Error(t, post(apiCA.Client(t, "kube-apiserver")), "the old CA's certificate after the rotation")
+	require.NoError(t, post(next.Client(t, "kube-apiserver")), "the new CA's certificate")
+	require.NoError(t, srv.StartedChecker()(nil))
 }

@@ -68,7 +68,10 @@ func checkSail(t *testing.T, obj map[string]any) {
 	assert.Equal(t, "apps.example.com", mesh["trustDomain"], "the trust domain must match ZTWIM's")
 	pilot, _ := values["pilot"].(map[string]any)
 	env, _ := pilot["env"].(map[string]any)
-	assert.Equal(t, "true", env["PILOT_JWT_ENABLE_REMOTE_JWKS"])
+	// Behaviour is tested with Istio's own control plane in test/istio/xds; the fields are the Sail
+	// API's here.
+	assert.Equal(t, "false", env["PILOT_JWT_ENABLE_REMOTE_JWKS"], "istiod fetches the JWKS (Envoy would fetch it in plain text)")
+	assert.Equal(t, "true", env["PILOT_SKIP_VALIDATE_TRUST_DOMAIN"], "federated peers' SANs are checked by the SPIFFE validator, not narrowed to the local trust domain")
 	assert.IsType(t, "", pilot["jwksResolverExtraRootCA"])
 	assert.NotContains(t, values, "sidecarInjectorWebhook", "no SPIRE injection template is needed with spire-mesh-injector")
 }
