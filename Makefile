@@ -14,12 +14,20 @@ BENCH_STEPS := bench-handler bench-istio bench-load bench-steady bench-scale ben
 
 TOOLS := test/fixtures/tools/build.sh
 
-.PHONY: all build test lint unit fuzz-brief fuzz bench $(BENCH_STEPS) example demo tools clean
+.PHONY: all build image test lint unit fuzz-brief fuzz bench $(BENCH_STEPS) example demo tools node e2e-node clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/spire-mesh-injector ./cmd/spiffe-jwt-helper
+
+## image: the project's image — the Dockerfile's final stage: both binaries, non-root — as an OCI
+## image tarball, bin/spire-mesh-injector-image.tar, without Docker or a registry (tools/image).
+## Load it with `ctr -n k8s.io images import`, `podman load` or `docker load`.
+IMAGE ?= ghcr.io/spire-mesh-injector/spire-mesh-injector:$(VERSION)
+image: build
+	$(GO) run ./tools/image -dockerfile Dockerfile -context bin -ref $(IMAGE) -o bin/spire-mesh-injector-image.tar
+	@echo "wrote bin/spire-mesh-injector-image.tar ($(IMAGE))"
 
 ## test: everything CI runs: formatting, vet, unit, golden and envtest suites (a real kube-apiserver
 ## and etcd, built once from the Go module proxy and cached), and a brief fuzz of each target.
