@@ -113,6 +113,7 @@ func NewChain(cfg *config.Config) *Chain {
 	return &Chain{cfg: cfg, steps: []mutator{
 		stripPrevious{},  // take back what an earlier invocation added, so the result depends only on the pod's final shape
 		reservedNames{},  // names the webhook owns are not the user's to take
+		spireTemplate{},  // mesh pods: undo what Istio's SPIRE template adds beyond our wiring
 		istioProxy{},     // mesh pods: Istio's workload-socket becomes the SPIFFE CSI volume
 		workloadSocket{}, // pods without a proxy: the Workload API socket in every app container
 		jwtHelper{},      // pods asking for JWT-SVIDs: the helper sidecar and its token volume

@@ -1,12 +1,15 @@
 package mutators
 
 import (
+	"bytes"
 	"encoding/json"
+	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 )
 
@@ -29,6 +32,13 @@ const (
 	// environment: their names, and the HTTP probes it rewrote to go through pilot-agent.
 	envIstioAppContainers = "ISTIO_META_APP_CONTAINERS"
 	envIstioAppProbers    = "ISTIO_KUBE_APP_PROBERS"
+
+	// Istio's SPIRE injection template (Istio's samples/security/spire), which pods ask for with
+	// inject.istio.io/templates: sidecar,spire (or gateway,spire), or which a mesh applies to all
+	// with defaultTemplates. It mounts the socket volume a second time, read-only, at its own path.
+	istioTemplatesAnnotation    = "inject.istio.io/templates"
+	istioSPIRETemplateName      = "spire"
+	istioSPIRETemplateMountPath = "/run/secrets/workload-spiffe-uds"
 
 	// Istio's probe rewriting: pilot-agent serves each rewritten probe at
 	// /app-health/<container>/<kind> on its status port and forwards it to the container, as
@@ -161,4 +171,166 @@ func forgetInIstioProxy(pod *corev1.Pod, cfg *config.Config, container string) {
 			}
 		}
 	}
+}
+
+// spireTemplate undoes what Istio's SPIRE injection template leaves in a pod beyond what
+// spire-mesh-injector itself does, so that a pod that still asks for the template (a namespace
+// migrating from it) comes out exactly as the same pod without it:
+//
+//   - the template's second, read-only mount of the socket volume in istio-proxy, at its own path;
+//   - in native-sidecar mode, the image-less istio-proxy the template leaves in containers beside
+//     the real, native one in initContainers (Istio's injector moves istio-proxy to
+//     initContainers only if the pod had it in containers before the templates ran). The API
+//     server refuses such a pod (two containers of one name, one without an image), so the stub
+//     is removed rather than the pod refused: it holds nothing but the template's mount, and the
+//     real istio-proxy is wired as in any other pod.
+//
+// The template itself is redundant: the pod's author is told so, in a warning.
+type spireTemplate struct{}
+
+func (spireTemplate) name() string { return "istio-spire-template" }
+
+func (spireTemplate) handles(s *state) bool { return s.mode == annotations.ModeMesh }
+
+func (spireTemplate) mutate(pod *corev1.Pod, s *state) error {
+	name := s.cfg.Istio.ProxyContainerName
+	found := false
+	if brokenGateway(pod, name) {
+		return invalidf(`spec.containers[%s]: an image-less %s beside the %s Istio's injector put in initContainers as a run-to-completion container: the shape Istio's "spire" template (its initContainers variant) gives a gateway, which cannot run; allowed: remove "spire" from annotation %s: spire-mesh-injector wires the gateway without it`,
+			name, name, name, istioTemplatesAnnotation)
+	}
+	if list, field := strayProxy(pod, name); list != nil {
+		*list = slices.DeleteFunc(*list, func(c corev1.Container) bool { return c.Name == name && c.Image == "" })
+		if len(*list) == 0 {
+			*list = nil
+		}
+		if st, ok := forgetStubInIstioStatus(pod.Annotations[IstioStatusAnnotation], field, name); ok {
+			pod.Annotations[IstioStatusAnnotation] = st
+		}
+		found = true
+	}
+	if proxy, _, ok := FindContainer(pod, name); ok && s.cfg.Istio.SocketMountPath != istioSPIRETemplateMountPath {
+		kept := proxy.VolumeMounts[:0:0]
+		for _, m := range proxy.VolumeMounts {
+			if m.Name == IstioSocketVolume && m.MountPath == istioSPIRETemplateMountPath {
+				found = true
+				continue
+			}
+			kept = append(kept, m)
+		}
+		if found {
+			proxy.VolumeMounts = kept
+		}
+	}
+	switch {
+	case asksForSPIRETemplate(pod):
+		s.warn(istioTemplatesAnnotation + ` names Istio's "spire" template: redundant here, remove it`)
+	case found:
+		s.warn(`Istio's "spire" template was applied (defaultTemplates?): redundant here, remove it`)
+	}
+	return nil
+}
+
+// strayProxy finds an image-less istio-proxy the template left beside the real one: in containers
+// beside a native istio-proxy in initContainers (the template as shipped, native mode), or in
+// initContainers beside a gateway's istio-proxy in containers (the template's native variant on a
+// gateway). It returns the list holding the stub and that list's name in Istio's status
+// annotation, or nil.
+func strayProxy(pod *corev1.Pod, name string) (*[]corev1.Container, string) {
+	find := func(cs []corev1.Container) *corev1.Container {
+		for i := range cs {
+			if cs[i].Name == name {
+				return &cs[i]
+			}
+		}
+		return nil
+	}
+	inits, cs := find(pod.Spec.InitContainers), find(pod.Spec.Containers)
+	switch {
+	case inits == nil || cs == nil:
+		return nil, ""
+	case cs.Image == "" && inits.Image != "" && isNativeSidecar(inits):
+		return &pod.Spec.Containers, "containers"
+	case inits.Image == "" && cs.Image != "":
+		return &pod.Spec.InitContainers, "initContainers"
+	}
+	return nil, ""
+}
+
+// brokenGateway reports the shape the SPIRE template's initContainers variant gives a gateway:
+// Istio's injector moves the gateway's istio-proxy to initContainers, where it is not a native
+// sidecar and would never complete, and leaves an image-less stub in containers.
+func brokenGateway(pod *corev1.Pod, name string) bool {
+	var inits, cs *corev1.Container
+	for i := range pod.Spec.InitContainers {
+		if pod.Spec.InitContainers[i].Name == name {
+			inits = &pod.Spec.InitContainers[i]
+		}
+	}
+	for i := range pod.Spec.Containers {
+		if pod.Spec.Containers[i].Name == name {
+			cs = &pod.Spec.Containers[i]
+		}
+	}
+	return inits != nil && cs != nil && cs.Image == "" && inits.Image != "" && !isNativeSidecar(inits)
+}
+
+// asksForSPIRETemplate reports whether the pod names Istio's SPIRE template among the templates
+// it asks Istio's injector for.
+func asksForSPIRETemplate(pod *corev1.Pod) bool {
+	for _, t := range strings.Split(pod.Annotations[istioTemplatesAnnotation], ",") {
+		if strings.TrimSpace(t) == istioSPIRETemplateName {
+			return true
+		}
+	}
+	return false
+}
+
+// forgetStubInIstioStatus takes container name out of the list (field: "containers" or
+// "initContainers") where Istio's injector recorded the stray stub in its status annotation; the
+// real proxy stays listed in the other. The annotation's other fields, and their order, are kept
+// as Istio wrote them.
+func forgetStubInIstioStatus(status, field, name string) (string, bool) {
+	dec := json.NewDecoder(strings.NewReader(status))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return "", false
+	}
+	var out bytes.Buffer
+	out.WriteByte('{')
+	changed := false
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return "", false
+		}
+		key, _ := t.(string)
+		var val json.RawMessage
+		if err := dec.Decode(&val); err != nil {
+			return "", false
+		}
+		if key == field {
+			var names []string
+			if json.Unmarshal(val, &names) == nil {
+				kept := slices.DeleteFunc(slices.Clone(names), func(n string) bool { return n == name })
+				if len(kept) != len(names) {
+					changed = true
+					if len(kept) == 0 {
+						kept = nil
+					}
+					if val, err = json.Marshal(kept); err != nil {
+						return "", false
+					}
+				}
+			}
+		}
+		if out.Len() > 1 {
+			out.WriteByte(',')
+		}
+		k, _ := json.Marshal(key)
+		out.Write(k)
+		out.WriteByte(':')
+		out.Write(val)
+	}
+	out.WriteByte('}')
+	return out.String(), changed
 }

@@ -465,6 +465,64 @@ func TestAppProbersFromElsewhereAreKept(t *testing.T) {
 	assert.LessOrEqual(t, len(res.Warnings[0]), MaxWarning)
 }
 
+// TestIstiosSPIRETemplateIsUndone: a pod that still carries Istio's SPIRE template (a namespace
+// migrating from it) comes out as the same pod without it, and its author is told the template is
+// redundant; a pod the template reached through a mesh-wide default is told so too.
+func TestIstiosSPIRETemplateIsUndone(t *testing.T) {
+	cfg := podtest.Config(t)
+	withImage := func(p *corev1.Pod) *corev1.Pod {
+		container(t, p, "istio-proxy").Image = "docker.io/istio/proxyv2:1.27.3"
+		return p
+	}
+	templated := func(native, annotated bool) *corev1.Pod {
+		p := withImage(meshPod(native))
+		p.Spec.Volumes = []corev1.Volume{csiVolume(IstioSocketVolume, cfg.CSIDriver)}
+		if annotated {
+			p.Annotations = map[string]string{istioTemplatesAnnotation: "sidecar, spire"}
+		}
+		mount := corev1.VolumeMount{Name: IstioSocketVolume, MountPath: istioSPIRETemplateMountPath, ReadOnly: true}
+		if native {
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "istio-proxy", VolumeMounts: []corev1.VolumeMount{mount}})
+		} else {
+			proxy := container(t, p, "istio-proxy")
+			proxy.VolumeMounts = append(proxy.VolumeMounts, mount)
+		}
+		return p
+	}
+	for _, native := range []bool{false, true} {
+		want := withImage(meshPod(native))
+		_, err := run(t, cfg, want)
+		require.NoError(t, err)
+		for _, annotated := range []bool{true, false} {
+			p := templated(native, annotated)
+			res, err := run(t, cfg, p)
+			require.NoError(t, err)
+			delete(p.Annotations, istioTemplatesAnnotation)
+			assert.Equal(t, want.Spec, p.Spec, "native %v, annotated %v: as without the template", native, annotated)
+			require.Len(t, res.Warnings, 1)
+			assert.LessOrEqual(t, len(res.Warnings[0]), MaxWarning)
+			if annotated {
+				assert.Equal(t, `inject.istio.io/templates names Istio's "spire" template: redundant here, remove it`, res.Warnings[0])
+			} else {
+				assert.Contains(t, res.Warnings[0], "defaultTemplates")
+			}
+		}
+	}
+	res, err := run(t, cfg, meshPod(true))
+	require.NoError(t, err)
+	assert.Empty(t, res.Warnings, "no template, no warning")
+
+	// The template's initContainers variant on a gateway: a pod that cannot run is refused, naming
+	// the annotation.
+	gw := withImage(meshPod(true))
+	gw.Spec.InitContainers[0].RestartPolicy = nil
+	gw.Spec.Containers = append(gw.Spec.Containers, corev1.Container{Name: "istio-proxy"})
+	gw.Annotations = map[string]string{istioTemplatesAnnotation: "gateway,spire"}
+	_, err = run(t, cfg, gw)
+	require.ErrorContains(t, err, `allowed: remove "spire" from annotation inject.istio.io/templates`)
+	assert.True(t, IsInvalid(err))
+}
+
 func TestExtAuthzNeedsAudiences(t *testing.T) {
 	p := plainPod()
 	p.Annotations = map[string]string{annotations.ExtAuthzAnnotation: "a"}

@@ -7,6 +7,7 @@ package istiocompat_test
 import (
 	"bytes"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -401,4 +402,92 @@ func envValue(c *corev1.Container, name string) string {
 		}
 	}
 	return fmt.Sprintf("<no %s>", name)
+}
+
+// TestPodsCarryingIstiosSPIRETemplateComeOutAsWithout is the migration promise: a workload that
+// still asks for Istio's SPIRE template (inject.istio.io/templates: sidecar,spire or gateway,spire),
+// injected by Istio's own injector in every shape the template produces — classic, native as
+// shipped (an image-less istio-proxy stub left in containers beside the native one), native with
+// the template's initContainers variant, and gateways — comes out of spire-mesh-injector exactly as
+// the same workload injected without the template. Only the author's annotation stays (we warn
+// about it and never edit it).
+func TestPodsCarryingIstiosSPIRETemplateComeOutAsWithout(t *testing.T) {
+	ist := istiocompat.Require(t)
+	items, err := istiocompat.Corpus("testdata/corpus")
+	require.NoError(t, err)
+	plain := make([][]byte, len(items))
+	templated := make([][]byte, len(items))
+	for i, it := range items {
+		plain[i] = it.Doc
+		templated[i] = requestSPIRETemplate(t, it.Doc)
+	}
+	// wire runs each document through `inject` on its own: a pod the webhook refuses is an error.
+	wire := func(t *testing.T, cfg *config.Config, docs [][]byte) ([]*corev1.PodTemplateSpec, []error) {
+		tmpls, errs := make([]*corev1.PodTemplateSpec, len(docs)), make([]error, len(docs))
+		for i, doc := range docs {
+			var out bytes.Buffer
+			if errs[i] = preview.Inject(bytes.NewReader(doc), &out, mutators.NewChain(cfg), preview.Options{}); errs[i] == nil {
+				tmpls[i] = template(t, out.Bytes())
+			}
+		}
+		return tmpls, errs
+	}
+	shapes := []struct {
+		name string
+		args []string
+	}{
+		{"classic", nil},
+		{"native as shipped", []string{"--native"}},
+		{"native variant", []string{"--native", "--spire-native-variant"}},
+	}
+	for _, v := range variants {
+		cfg, err := config.Parse([]byte(v.config))
+		require.NoError(t, err)
+		for _, shape := range shapes {
+			t.Run(v.name+"/"+shape.name, func(t *testing.T) {
+				// The same mesh for both: only the per-workload template differs.
+				mesh := append([]string{"--set", "meshConfig.trustDomain=example.org"}, v.spireSet...)
+				if slices.Contains(shape.args, "--native") {
+					mesh = append(mesh, "--native")
+				}
+				without, err := ist.KubeInject(plain, mesh...)
+				require.NoError(t, err)
+				with, err := ist.KubeInject(templated, append(append([]string{"--iop", ist.SPIRESample()}, mesh...), shape.args...)...)
+				require.NoError(t, err)
+				if slices.Contains(shape.args, "--native") {
+					stray := 0
+					for i := range with {
+						if c := container(template(t, with[i]).Spec.Containers, proxyName); c != nil && c.Image == "" {
+							stray++
+						}
+					}
+					if !slices.Contains(shape.args, "--spire-native-variant") {
+						require.Positive(t, stray, "Istio's template as shipped leaves an image-less istio-proxy in native mode")
+					}
+				}
+				want, wantErrs := wire(t, cfg, without)
+				got, gotErrs := wire(t, cfg, with)
+				for i, it := range items {
+					t.Run(it.Name, func(t *testing.T) {
+						require.NoError(t, wantErrs[i])
+						if slices.Contains(shape.args, "--spire-native-variant") && isGateway(t, it.Doc) {
+							// The template's initContainers variant turns a gateway into a pod that
+							// cannot run (see the mutators' spireTemplate): refused, naming the annotation.
+							require.ErrorContains(t, gotErrs[i], `remove "spire" from annotation inject.istio.io/templates`)
+							return
+						}
+						require.NoError(t, gotErrs[i])
+						g := got[i].DeepCopy()
+						require.Contains(t, g.Annotations[templatesAnnotation], "spire", "the author's annotation is kept")
+						if base := want[i].Annotations[templatesAnnotation]; base != "" {
+							g.Annotations[templatesAnnotation] = base
+						} else {
+							delete(g.Annotations, templatesAnnotation)
+						}
+						equalYAML(t, want[i], g, "with Istio's SPIRE template, spire-mesh-injector's result differs from the same workload without it")
+					})
+				}
+			})
+		}
+	}
 }
