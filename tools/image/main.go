@@ -27,6 +27,7 @@ import (
 	"archive/tar"
 	"bufio"
 	"bytes"
+	"compress/gzip"
 	"debug/elf"
 	"encoding/json"
 	"errors"
@@ -267,7 +268,7 @@ func (s *Spec) Write(out string) error {
 	if err := p.AppendImage(img,
 		layout.WithPlatform(v1.Platform{OS: "linux", Architecture: "amd64"}),
 		layout.WithAnnotations(map[string]string{
-			"io.containerd.image.name":         s.Ref,
+			"io.containerd.image.name":          s.Ref,
 			"org.opencontainers.image.ref.name": s.Ref,
 		})); err != nil {
 		return err
@@ -357,7 +358,7 @@ func (s *Spec) layer() (v1.Layer, error) {
 	}
 	data := buf.Bytes()
 	return tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil },
-		tarball.WithMediaType(types.OCILayer))
+		tarball.WithMediaType(types.OCILayer), tarball.WithCompressionLevel(gzip.BestSpeed))
 }
 
 // libDirs are where the dynamic loader of this machine (Debian, amd64) finds libraries.
