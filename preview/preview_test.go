@@ -20,7 +20,7 @@ import (
 
 func runInject(t *testing.T, in string, opts Options) (string, error) {
 	var out bytes.Buffer
-	err := Inject(strings.NewReader(in), &out, mutators.NewChain(podtest.Config(t)), opts)
+	_, err := Inject(strings.NewReader(in), &out, mutators.NewChain(podtest.Config(t)), opts)
 	return out.String(), err
 }
 
@@ -152,4 +152,92 @@ func TestInjectExample(t *testing.T) {
 			assert.Equal(t, "csi.spiffe.io", v.CSI.Driver)
 		}
 	}
+}
+
+// TestInjectReportsWhatItLeavesUnwired: nothing holding a pod template passes through silently.
+// Each object that comes out unwired is reported with the reason — opted out, skipped, a kind
+// spire-mesh-injector does not wire — as is every warning admission would give; OpenShift's legacy
+// group-less DeploymentConfig is wired like apps.openshift.io's, as istioctl kube-inject does.
+func TestInjectReportsWhatItLeavesUnwired(t *testing.T) {
+	in := `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: opted-out}
+spec:
+  template:
+    metadata: {labels: {spire-injection: disabled}}
+    spec: {containers: [{name: a, image: x}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: win}
+spec: {os: {name: windows}, containers: [{name: a, image: x}]}
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata: {name: canary}
+spec:
+  template:
+    spec: {containers: [{name: a, image: x}]}
+---
+apiVersion: v1
+kind: DeploymentConfig
+metadata: {name: legacy}
+spec:
+  template:
+    metadata:
+      annotations: {inject.istio.io/templates: "sidecar,spire"}
+    spec: {containers: [{name: a, image: x}]}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: c}
+data: {k: v}
+`
+	var out, report bytes.Buffer
+	sum, err := Inject(strings.NewReader(in), &out, mutators.NewChain(podtest.Config(t)), Options{Report: &report})
+	require.NoError(t, err)
+	assert.Equal(t, []string{
+		"document 1: Deployment/opted-out: not wired: the pod template opts out (label spire-injection=disabled)",
+		"document 2: Pod/win: not wired: skipped: windows-pod",
+		"document 3: Rollout/canary: not wired: argoproj.io/v1alpha1 Rollout holds a pod template at /spec/template, but is not a kind spire-mesh-injector wires; its pods are wired when they are created, in an opted-in namespace",
+	}, strings.Split(strings.TrimSpace(report.String()), "\n"))
+	assert.Equal(t, 3, sum.Reported)
+	assert.Equal(t, 2, sum.Changed, "the Windows pod's status, the legacy DeploymentConfig")
+	docs := strings.Split(out.String(), "---\n")
+	var dc map[string]any
+	require.NoError(t, yaml.Unmarshal([]byte(docs[3]), &dc))
+	assert.Equal(t, "v1", dc["apiVersion"], "kept as written")
+	assert.Equal(t, "workload", podSpecAt(t, dc, "spec", "template").Labels[annotations.InjectedLabel], "the group-less DeploymentConfig is wired")
+}
+
+// TestInjectWarnsAsAdmissionWould: the warnings the webhook gives at admission are reported.
+func TestInjectWarnsAsAdmissionWould(t *testing.T) {
+	in, err := os.ReadFile("../mutators/testdata/spire-template-classic.yaml")
+	require.NoError(t, err)
+	var out, report bytes.Buffer
+	sum, err := Inject(bytes.NewReader(in), &out, mutators.NewChain(podtest.Config(t)), Options{Report: &report})
+	require.NoError(t, err)
+	assert.Equal(t, 1, sum.Warnings)
+	assert.Equal(t, "document 1: Pod/cart: warning: inject.istio.io/templates names Istio's \"spire\" template: redundant here, remove it\n", report.String())
+}
+
+// TestInjectDiff: with Diff, only the documents the webhook changes are written, as unified
+// diffs of their normalized YAML, and Changed says whether there were any.
+func TestInjectDiff(t *testing.T) {
+	in := "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {k: v}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: shop}\nspec: {serviceAccountName: sa, containers: [{name: a, image: x}]}\n"
+	var out bytes.Buffer
+	sum, err := Inject(strings.NewReader(in), &out, mutators.NewChain(podtest.Config(t)), Options{Diff: true})
+	require.NoError(t, err)
+	assert.Equal(t, 1, sum.Changed)
+	d := out.String()
+	assert.True(t, strings.HasPrefix(d, "--- document 2, as written\n+++ document 2, as the webhook wires it\n"), d)
+	assert.Contains(t, d, "+    spire-mesh-injector.io/injected: workload\n")
+	assert.Contains(t, d, "+      value: unix:///spiffe-workload-api/spire-agent.sock\n")
+	assert.NotContains(t, d, "ConfigMap")
+
+	out.Reset()
+	sum, err = Inject(strings.NewReader(in[:strings.Index(in, "---")]), &out, mutators.NewChain(podtest.Config(t)), Options{Diff: true})
+	require.NoError(t, err)
+	assert.Zero(t, sum.Changed)
+	assert.Empty(t, out.String())
 }

@@ -31,9 +31,10 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
-// run executes one command and returns the process exit status: 0 on success, 1 on failure,
-// 2 on a usage error, 3 when check ran and found a FAIL (so that scripts can tell "the cluster has
-// a problem" from "the check could not run").
+// run executes one command and returns the process exit status: 0 on success, 1 on failure (and
+// when inject --diff shows changes), 2 on a usage error, 3 when check ran and found a FAIL or
+// inject --strict left a pod template unwired (so that scripts can tell "something to fix" from
+// "the command could not run").
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
@@ -64,6 +65,11 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	case errors.Is(err, errUsage):
 		return 2
 	case errors.Is(err, errCheckFailed):
+		return 3
+	case errors.Is(err, errChanges):
+		return 1
+	case errors.Is(err, errStrict):
+		fmt.Fprintf(stderr, "spire-mesh-injector %s: %v\n", args[0], err)
 		return 3
 	default:
 		fmt.Fprintf(stderr, "spire-mesh-injector %s: %v\n", args[0], err)

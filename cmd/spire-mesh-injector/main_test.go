@@ -15,6 +15,9 @@ import (
 
 const example = "../../docs/examples/istio-injected-deployment.yaml"
 
+// optedOut is a Deployment whose pods opt out: inject leaves it unwired, and says so.
+const optedOut = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  template:\n    metadata: {labels: {spire-injection: disabled}}\n    spec: {containers: [{name: a, image: x}]}\n"
+
 func runCLI(stdin string, args ...string) (int, string, string) {
 	var out, errOut bytes.Buffer
 	code := run(args, strings.NewReader(stdin), &out, &errOut)
@@ -46,6 +49,13 @@ func TestCommands(t *testing.T) {
 			stderr: []string{"jwtHelper.nativeSidecar: Unsupported value: \"maybe\""}, noStdout: true},
 		{name: "inject a bad pod", stdin: "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations: {spiffe.io/audience: ''}\nspec: {containers: [{name: a}]}\n",
 			args: []string{"inject", "-f", "-"}, code: 1, stderr: []string{"document 1: Pod/p: metadata.annotation spiffe.io/audience: empty"}, noStdout: true},
+		{name: "inject --diff with changes exits 1", stdin: string(in), args: []string{"inject", "-f", "-", "--diff"}, code: 1,
+			stdout: []string{"--- document 1, as written", "+++ document 1, as the webhook wires it", "+  - name: spiffe-jwt-helper"}},
+		{name: "inject --diff without changes exits 0", stdin: "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n", args: []string{"inject", "-f", "-", "--diff"}, code: 0, noStdout: true},
+		{name: "inject reports what it leaves unwired", stdin: optedOut, args: []string{"inject", "-f", "-"}, code: 0,
+			stderr: []string{"document 1: Deployment/d: not wired: the pod template opts out (label spire-injection=disabled)"}, stdout: []string{"kind: Deployment"}},
+		{name: "inject --strict fails on what it leaves unwired", stdin: optedOut, args: []string{"inject", "-f", "-", "--strict"}, code: 3,
+			stderr: []string{"not wired: the pod template opts out", "1 object(s) holding a pod template not wired (--strict)"}},
 		{name: "unknown flag", args: []string{"inject", "--frobnicate"}, code: 2, stderr: []string{"flag provided but not defined: -frobnicate"}},
 		{name: "stray argument", args: []string{"inject", "-f", example, "extra"}, code: 2, stderr: []string{`unexpected argument "extra"`}},
 		{name: "version", args: []string{"version"}, code: 0, stdout: []string{"spire-mesh-injector " + version.Version}},

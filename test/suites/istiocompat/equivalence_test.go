@@ -86,7 +86,8 @@ func TestEquivalenceWithIstiosSPIRETemplate(t *testing.T) {
 				istioOnly, err := ist.KubeInject(docs, append([]string{"--set", "meshConfig.trustDomain=example.org"}, nativeArgs...)...)
 				require.NoError(t, err)
 				var out bytes.Buffer
-				require.NoError(t, preview.Inject(bytes.NewReader(istiocompat.Join(istioOnly)), &out, mutators.NewChain(cfg), preview.Options{}))
+				_, err = preview.Inject(bytes.NewReader(istiocompat.Join(istioOnly)), &out, mutators.NewChain(cfg), preview.Options{})
+				require.NoError(t, err)
 				ours, err := istiocompat.Split(out.Bytes())
 				require.NoError(t, err)
 				require.Len(t, ours, len(items))
@@ -426,7 +427,7 @@ func TestPodsCarryingIstiosSPIRETemplateComeOutAsWithout(t *testing.T) {
 		tmpls, errs := make([]*corev1.PodTemplateSpec, len(docs)), make([]error, len(docs))
 		for i, doc := range docs {
 			var out bytes.Buffer
-			if errs[i] = preview.Inject(bytes.NewReader(doc), &out, mutators.NewChain(cfg), preview.Options{}); errs[i] == nil {
+			if _, errs[i] = preview.Inject(bytes.NewReader(doc), &out, mutators.NewChain(cfg), preview.Options{}); errs[i] == nil {
 				tmpls[i] = template(t, out.Bytes())
 			}
 		}
