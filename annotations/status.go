@@ -30,6 +30,9 @@ const (
 	// recorded by Istio as a user override of its proxy and give a different pod than when Istio
 	// runs first; the webhook is reinvoked after Istio's injector and wires it then.
 	SkipAwaitingIstio SkipReason = "awaiting-istio-injection"
+	// SkipIstioControlPlane: the pod is istiod (Istio's control plane), which must not depend on
+	// the webhook (the webhook's configuration and the validating policy skip it too).
+	SkipIstioControlPlane SkipReason = "istio-control-plane"
 	// SkipNotPod: the request is not a pod creation (wrong kind, resource, sub-resource or operation).
 	SkipNotPod SkipReason = "not-a-pod-create"
 )

@@ -138,6 +138,10 @@ func (c *Chain) Run(pod *corev1.Pod, req Request) (Result, error) {
 		}
 		s.prev = prev
 	}
+	if isIstioControlPlane(pod) {
+		dropInjectedLabel(pod)
+		return Result{Skipped: annotations.SkipIstioControlPlane}, nil
+	}
 	if pod.Spec.OS != nil && pod.Spec.OS.Name == corev1.Windows {
 		st := annotations.Status{Skipped: annotations.SkipWindows, ConfigVersion: c.cfg.Version()}
 		setAnnotation(pod, annotations.StatusAnnotation, st.Encode())

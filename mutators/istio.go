@@ -48,6 +48,12 @@ const (
 	istioStatusPort        = 15020
 )
 
+// isIstioControlPlane reports whether pod is istiod, by the labels Istio's charts give it (the
+// webhook's configuration and the validating policy match the same labels).
+func isIstioControlPlane(pod *corev1.Pod) bool {
+	return pod.Labels["app"] == "istiod" || pod.Labels["istio"] == "pilot"
+}
+
 // istioInitContainers are Istio's own run-to-completion init containers (traffic redirection and
 // its validation); they are not app containers.
 var istioInitContainers = map[string]bool{"istio-init": true, "istio-validation": true}

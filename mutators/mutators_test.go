@@ -697,6 +697,17 @@ func TestChainDecisions(t *testing.T) {
 			assert.Equal(t, map[string]string{"app": "x"}, p.Labels, name)
 		}
 	})
+	t.Run("istiod is never wired", func(t *testing.T) {
+		for _, labels := range []map[string]string{{"app": "istiod"}, {"istio": "pilot"}} {
+			p := meshPod(false)
+			p.Labels = labels
+			before := p.DeepCopy()
+			res, err := run(t, podtest.Config(t), p)
+			require.NoError(t, err)
+			assert.Equal(t, annotations.SkipIstioControlPlane, res.Skipped)
+			assert.Equal(t, before, p, "nothing changes")
+		}
+	})
 	t.Run("status names the identity and the registration", func(t *testing.T) {
 		p := plainPod()
 		p.Spec.ServiceAccountName = ""

@@ -221,8 +221,9 @@ func (h *Handler) decide(ctx context.Context, log logr.Logger, req *admissionv1.
 	case res.Skipped != "":
 		h.metrics.admissions.WithLabelValues(ResultSkipped, string(res.Skipped)).Inc()
 		log.Info("skipped", "decision", ResultSkipped, "reason", res.Skipped)
-		// An opted-out pod asked for it; a gateway awaiting Istio is wired on reinvocation.
-		if res.Skipped != annotations.SkipOptOut && res.Skipped != annotations.SkipAwaitingIstio {
+		// An opted-out pod asked for it; a gateway awaiting Istio is wired on reinvocation; istiod is
+		// never wired.
+		if res.Skipped != annotations.SkipOptOut && res.Skipped != annotations.SkipAwaitingIstio && res.Skipped != annotations.SkipIstioControlPlane {
 			h.event(req, pod, corev1.EventTypeNormal, EventSkipped, "spire-mesh-injector left the pod without SPIRE identity: "+string(res.Skipped))
 		}
 	case len(ops) == 0:

@@ -181,7 +181,7 @@ func TestIstiosRealWebhookInEitherOrder(t *testing.T) {
 				in, err := yaml.Marshal(alone)
 				require.NoError(t, err)
 				var out bytes.Buffer
-				_, err := preview.Inject(bytes.NewReader(in), &out, mutators.NewChain(testConfig), preview.Options{Namespace: ns})
+				_, err = preview.Inject(bytes.NewReader(in), &out, mutators.NewChain(testConfig), preview.Options{Namespace: ns})
 				require.NoError(t, err)
 				cli := &corev1.Pod{}
 				require.NoError(t, yaml.UnmarshalStrict(out.Bytes(), cli))

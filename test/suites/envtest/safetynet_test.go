@@ -31,7 +31,7 @@ func TestValidatingPolicySafetyNet(t *testing.T) {
 	decoder := serializer.NewCodecFactory(clientgoscheme.Scheme).UniversalDeserializer()
 	installed := 0
 	for _, doc := range bytes.Split(y, []byte("\n---\n")) {
-		if !bytes.Contains(doc, []byte("kind: ValidatingAdmissionPolicy")) {
+		if !bytes.Contains(doc, []byte("kind: ValidatingAdmissionPolicy")) && !bytes.Contains(doc, []byte("name: spire-mesh-injector-policy\n")) {
 			continue
 		}
 		obj, _, err := decoder.Decode(doc, nil, nil)
@@ -39,13 +39,36 @@ func TestValidatingPolicySafetyNet(t *testing.T) {
 		createForTest(t, obj.(client.Object))
 		installed++
 	}
-	require.Equal(t, 4, installed, "two policies and their bindings")
+	require.Equal(t, 5, installed, "two policies, their bindings and the policy's parameters")
 
 	optedIn, other := namespace(t, true, nil), namespace(t, false, nil)
 	eventually(t, "a pod the webhook wired passes the policy", func() bool {
 		p := plainPod(optedIn, "probe", nil)
 		return wiredOnDryRun(ctx, p) && p.Labels[annotations.InjectedLabel] == "workload"
 	})
+
+	// istiod is never wired, and the policy lets it through: it must start while the webhook is
+	// down, even where its namespace is opted in.
+	istiod := plainPod(optedIn, "istiod", map[string]string{"app": "istiod", "istio": "pilot"})
+	require.NoError(t, k8s.Create(ctx, istiod))
+	assert.NotContains(t, istiod.Labels, annotations.InjectedLabel, "the API server does not call the webhook for istiod")
+	assert.Empty(t, istiod.Spec.Volumes)
+
+	// The CSI driver the policy requires is its parameter, not a name written into it: with
+	// another driver there, a pod the webhook wired with csi.spiffe.io is refused.
+	params := &corev1.ConfigMap{}
+	require.NoError(t, k8s.Get(ctx, client.ObjectKey{Namespace: "spire-mesh-injector", Name: "spire-mesh-injector-policy"}, params))
+	require.Equal(t, testConfig.CSIDriver, params.Data["csiDriver"])
+	update(t, params, params.Name, params.Namespace, func(o client.Object) { o.(*corev1.ConfigMap).Data["csiDriver"] = "csi.renamed.example" })
+	var renamed error
+	require.Eventually(t, func() bool {
+		renamed = k8s.Create(ctx, plainPod(optedIn, "other-driver", nil), client.DryRunAll)
+		return renamed != nil
+	}, 30*time.Second, 100*time.Millisecond, "the policy reads the driver's name from its parameter")
+	assert.Contains(t, renamed.Error(), "has no SPIFFE CSI volume (driver csi.renamed.example)")
+	update(t, params, params.Name, params.Namespace, func(o client.Object) { o.(*corev1.ConfigMap).Data["csiDriver"] = testConfig.CSIDriver })
+	require.Eventually(t, func() bool { return k8s.Create(ctx, plainPod(optedIn, "driver-back", nil), client.DryRunAll) == nil },
+		30*time.Second, 100*time.Millisecond, "wired pods pass again")
 
 	// The label registrations select pods by is the webhook's: no update may add, change or remove
 	// it, in any namespace; other label edits go through.

@@ -33,6 +33,7 @@ import (
 	schedulingv1 "k8s.io/api/scheduling/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/controlplane"
 )
 
@@ -129,12 +130,12 @@ func TestKustomizeRendersValidObjects(t *testing.T) {
 	root := filepath.Join(controlplane.Root(), "kustomize")
 	want := map[string][]string{
 		"base":                                {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "MutatingWebhookConfiguration", "Namespace", "PodDisruptionBudget", "PriorityClass", "Role", "RoleBinding", "Service", "ServiceAccount"},
-		"overlays/cert-manager":               {"Certificate", "Certificate", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "Issuer", "Issuer", "MutatingWebhookConfiguration", "Namespace", "PodDisruptionBudget", "PriorityClass", "Role", "RoleBinding", "Service", "ServiceAccount", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicyBinding"},
-		"components/validating-policy":        {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicyBinding"},
+		"overlays/cert-manager":               {"Certificate", "Certificate", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "ConfigMap", "Deployment", "Issuer", "Issuer", "MutatingWebhookConfiguration", "Namespace", "PodDisruptionBudget", "PriorityClass", "Role", "RoleBinding", "Service", "ServiceAccount", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicyBinding"},
+		"components/validating-policy":        {"ConfigMap", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicyBinding"},
 		"components/monitoring":               {"PrometheusRule", "ServiceMonitor"},
 		"components/network-policy":           {"NetworkPolicy"},
 		"components/network-policy-openshift": {"NetworkPolicy"},
-		"overlays/openshift":                  {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "ConfigMap", "Deployment", "MutatingWebhookConfiguration", "Namespace", "NetworkPolicy", "PodDisruptionBudget", "PriorityClass", "PrometheusRule", "Role", "RoleBinding", "Service", "ServiceAccount", "ServiceMonitor", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicyBinding"},
+		"overlays/openshift":                  {"ClusterRole", "ClusterRoleBinding", "ConfigMap", "ConfigMap", "ConfigMap", "Deployment", "MutatingWebhookConfiguration", "Namespace", "NetworkPolicy", "PodDisruptionBudget", "PriorityClass", "PrometheusRule", "Role", "RoleBinding", "Service", "ServiceAccount", "ServiceMonitor", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ValidatingAdmissionPolicyBinding"},
 	}
 	for dir, kinds := range want {
 		t.Run(dir, func(t *testing.T) {
@@ -143,6 +144,46 @@ func TestKustomizeRendersValidObjects(t *testing.T) {
 			got := decodeAll(t, dir, y)
 			sort.Strings(got)
 			assert.Equal(t, kinds, got)
+		})
+	}
+}
+
+// TestPolicyParameterIsTheWebhooksDriver: in every overlay that installs the validating policy, the
+// CSI driver its parameter names is the one the webhook's configuration wires pods with, and the
+// binding names the parameter object kustomize renders (paramRef names are not rewritten).
+func TestPolicyParameterIsTheWebhooksDriver(t *testing.T) {
+	root := filepath.Join(controlplane.Root(), "kustomize")
+	for _, dir := range []string{"overlays/openshift", "overlays/cert-manager"} {
+		t.Run(dir, func(t *testing.T) {
+			y, err := controlplane.Kustomize(filepath.Join(root, dir))
+			require.NoError(t, err)
+			var webhookCfg *config.Config
+			params := map[string]string{}
+			var ref *admissionregistrationv1.ParamRef
+			for _, doc := range splitDocs(y) {
+				var cm corev1.ConfigMap
+				if yaml.Unmarshal(doc, &cm) != nil {
+					continue
+				}
+				switch {
+				case cm.Kind == "ConfigMap" && cm.Data["config.yaml"] != "":
+					webhookCfg, err = config.Parse([]byte(cm.Data["config.yaml"]))
+					require.NoError(t, err)
+				case cm.Kind == "ConfigMap" && cm.Data["csiDriver"] != "":
+					params[cm.Namespace+"/"+cm.Name] = cm.Data["csiDriver"]
+				case cm.Kind == "ValidatingAdmissionPolicyBinding":
+					var b admissionregistrationv1.ValidatingAdmissionPolicyBinding
+					require.NoError(t, yaml.Unmarshal(doc, &b))
+					if b.Spec.ParamRef != nil {
+						ref = b.Spec.ParamRef
+					}
+				}
+			}
+			require.NotNil(t, webhookCfg, "the webhook's configuration")
+			require.NotNil(t, ref, "the policy binding's paramRef")
+			driver, ok := params[ref.Namespace+"/"+ref.Name]
+			require.True(t, ok, "the binding's paramRef %s/%s names a rendered ConfigMap (%v)", ref.Namespace, ref.Name, params)
+			assert.Equal(t, webhookCfg.CSIDriver, driver)
 		})
 	}
 }
