@@ -15,6 +15,8 @@ import (
 	"context"
 	"slices"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -58,22 +60,44 @@ const (
 	CheckTrustDomain          ID = "trust-domain"
 	CheckSocketFile           ID = "socket-file"
 	CheckClassName            ID = "class-name"
+	CheckProxyVersion         ID = "proxy-version"
+	CheckAgentSDS             ID = "spire-agent-sds"
+	CheckPolicyPrincipals     ID = "policy-principals"
 	CheckNamespaceSelector    ID = "namespace-selector"
+	CheckSCMIgnore            ID = "scm-ignore"
 	CheckRegistration         ID = "registration"
 	CheckRegistrationClass    ID = "registration-class"
 	CheckRegistrationStatus   ID = "registration-status"
 	CheckOverlap              ID = "overlap"
 	CheckPodsNotWired         ID = "pods-not-wired"
 	CheckJWTAudience          ID = "jwt-audience"
+	CheckIstioMode            ID = "istio-mode"
+	CheckJWKSFetch            ID = "jwks-fetch"
+	CheckPolicyAdmission      ID = "policy-admission"
+	CheckIstioSPIRETemplate   ID = "istio-spire-template"
 )
 
-// IDs lists every check in report order.
+// The checks of `check pod`, which explains one pod.
+const (
+	CheckPodWiring   ID = "pod-wiring"
+	CheckPodIdentity ID = "pod-identity"
+	CheckPodEntries  ID = "pod-entries"
+	CheckPodPolicies ID = "pod-policies"
+)
+
+// IDs lists every check of the cluster report, in report order.
 var IDs = []ID{
 	CheckConfig, CheckWebhookConfiguration, CheckWebhookEndpoints, CheckWebhookFailurePolicy,
 	CheckCSIDriver, CheckTrustDomain, CheckSocketFile, CheckClassName,
-	CheckNamespaceSelector, CheckRegistration, CheckRegistrationClass, CheckRegistrationStatus,
+	CheckProxyVersion, CheckAgentSDS, CheckPolicyPrincipals,
+	CheckNamespaceSelector, CheckSCMIgnore, CheckRegistration, CheckRegistrationClass, CheckRegistrationStatus,
 	CheckOverlap, CheckPodsNotWired, CheckJWTAudience,
+	CheckIstioMode, CheckJWKSFetch, CheckPolicyAdmission, CheckIstioSPIRETemplate,
 }
+
+// PodIDs lists every check of `check pod`, in report order (it also reports config and, for a
+// pod in ambient mode, istio-mode).
+var PodIDs = []ID{CheckPodWiring, CheckPodIdentity, CheckPodEntries, CheckPodPolicies}
 
 // RunbookBase is where the runbooks are published; each finding links to one of its sections.
 const RunbookBase = "https://github.com/spire-mesh-injector/spire-mesh-injector/blob/main/docs/runbooks.md"
@@ -96,6 +120,18 @@ var runbooks = map[ID]string{
 	CheckOverlap:              "overlapping-registrations",
 	CheckPodsNotWired:         "pods-not-wired",
 	CheckJWTAudience:          "jwt-audience-not-accepted",
+	CheckProxyVersion:         "istio-too-old-for-the-socket-file",
+	CheckAgentSDS:             "spire-agent-sds-names-and-federation",
+	CheckPolicyPrincipals:     "policy-principal-no-workload-holds",
+	CheckSCMIgnore:            "namespace-ignored-by-spire-controller-manager",
+	CheckIstioMode:            "istio-mode-without-spire-identity",
+	CheckJWKSFetch:            "jwks-fetch-failures",
+	CheckPolicyAdmission:      "workloads-no-policy-admits",
+	CheckIstioSPIRETemplate:   "istios-spire-template-still-in-use",
+	CheckPodWiring:            "pods-not-wired",
+	CheckPodIdentity:          "pod-without-an-identity",
+	CheckPodEntries:           "registration-status-shows-failures",
+	CheckPodPolicies:          "workloads-no-policy-admits",
 }
 
 // Runbook is the URL of the runbook entry for check id.
@@ -155,8 +191,10 @@ type Options struct {
 	ConfigSource       string
 	ConfigFromDefaults bool
 	// Namespaces restricts the report to these namespaces (opted in or not); empty means every
-	// opted-in namespace.
-	Namespaces []string
+	// opted-in namespace. Istio's policies are then read in these namespaces and Istio's root
+	// namespace only, unless AllPolicies.
+	Namespaces  []string
+	AllPolicies bool
 	// WebhookName is the MutatingWebhookConfiguration (default spire-mesh-injector).
 	WebhookName string
 	// SafetyNetBinding is the ValidatingAdmissionPolicyBinding of the validating-policy component
@@ -169,6 +207,9 @@ type Options struct {
 	// SCMConfigMaps are where spire-controller-manager's configuration may be, tried in order
 	// (default: spire-controller-manager in ZTWIM's namespace, then in spire-server and spire-system).
 	SCMConfigMaps []types.NamespacedName
+	// AgentConfigMaps are where the SPIRE agent's configuration may be, tried in order (default:
+	// spire-agent in ZTWIM's namespace, then in spire-system and spire-server).
+	AgentConfigMaps []types.NamespacedName
 	// ZTWIMName is the ZeroTrustWorkloadIdentityManager object (default cluster, the only name
 	// ZTWIM accepts).
 	ZTWIMName string
@@ -216,6 +257,9 @@ func (o Options) withDefaults() Options {
 	if len(o.SCMConfigMaps) == 0 {
 		o.SCMConfigMaps = slices.Clone(DefaultSCMConfigMaps)
 	}
+	if len(o.AgentConfigMaps) == 0 {
+		o.AgentConfigMaps = slices.Clone(DefaultAgentConfigMaps)
+	}
 	if o.ZTWIMName == "" {
 		o.ZTWIMName = DefaultZTWIMName
 	}
@@ -234,11 +278,29 @@ func Run(ctx context.Context, c client.Client, o Options) (*Report, error) {
 	return Evaluate(o, snap), nil
 }
 
+// newEvaluator evaluates snapshot s against o. The default Istio revision always reads the mesh
+// configuration of Options.IstioMeshConfig (Snapshot.IstioMesh); a snapshot built by hand without
+// revisions gets that one, its injector and istiod not found.
+func newEvaluator(o Options, s *Snapshot) *evaluator {
+	if s.IstioRevisions[DefaultRevision] == nil {
+		c := *s
+		c.IstioRevisions = map[string]*IstioRevision{}
+		for k, v := range s.IstioRevisions {
+			c.IstioRevisions[k] = v
+		}
+		absent := apierrors.NewNotFound(schema.GroupResource{Resource: "configmaps"}, "istio-sidecar-injector")
+		c.IstioRevisions[DefaultRevision] = &IstioRevision{Name: DefaultRevision, Mesh: s.IstioMesh, MeshErr: s.IstioMeshErr,
+			InjectorErr: absent, IstiodErr: apierrors.NewNotFound(schema.GroupResource{Group: "apps", Resource: "deployments"}, "istiod")}
+		s = &c
+	}
+	return &evaluator{o: o, cfg: o.Config, s: s}
+}
+
 // Evaluate turns a snapshot into the report: the cluster's findings first, then each namespace's,
 // namespaces in name order.
 func Evaluate(o Options, s *Snapshot) *Report {
 	o = o.withDefaults()
-	e := &evaluator{o: o, cfg: o.Config, s: s}
+	e := newEvaluator(o, s)
 	r := &Report{Config: o.ConfigSource}
 	r.Findings = append(r.Findings, e.config()...)
 	r.Findings = append(r.Findings, e.webhookConfiguration()...)
@@ -248,6 +310,9 @@ func Evaluate(o Options, s *Snapshot) *Report {
 	r.Findings = append(r.Findings, e.trustDomain()...)
 	r.Findings = append(r.Findings, e.socketFile()...)
 	r.Findings = append(r.Findings, e.className()...)
+	r.Findings = append(r.Findings, e.proxyVersion()...)
+	r.Findings = append(r.Findings, e.agentSDS()...)
+	r.Findings = append(r.Findings, e.policyPrincipals()...)
 	nss := slices.Clone(s.Namespaces)
 	slices.SortFunc(nss, func(a, b NamespaceData) int {
 		switch {

@@ -32,6 +32,9 @@ type evaluator struct {
 	o   Options
 	cfg *config.Config
 	s   *Snapshot
+	// Built on first use and shared by the checks that read them.
+	u           *idUniverse
+	resolutions map[string]resolution
 }
 
 func (e *evaluator) finding(st Status, id ID, ns, object, what, why, fix string) Finding {
@@ -237,6 +240,21 @@ func (e *evaluator) trustDomain() []Finding {
 	} else if err != nil {
 		unreadable = append(unreadable, e.unreadable(CheckTrustDomain, "", "ConfigMap/"+e.o.IstioMeshConfig.String(), err))
 	}
+	// Each other revision in use reads its own mesh configuration.
+	for _, r := range e.revisionsSorted() {
+		if r.Name == DefaultRevision {
+			continue
+		}
+		if m := r.Mesh; m != nil {
+			td := m.TrustDomain
+			if td == "" {
+				td = istioDefaultTrustDomain
+			}
+			sources = append(sources, source{"Istio revision " + r.Name + " (" + m.Source + ")", td})
+		} else if r.MeshErr != nil && !apierrors.IsNotFound(r.MeshErr) {
+			unreadable = append(unreadable, e.unreadable(CheckTrustDomain, "", "ConfigMap/"+e.o.IstioMeshConfig.Namespace+"/"+revisionName("istio", r.Name), r.MeshErr))
+		}
+	}
 	if z := e.s.ZTWIM; z != nil {
 		sources = append(sources, source{"ZTWIM (ZeroTrustWorkloadIdentityManager/" + z.Name + ")", z.TrustDomain})
 	} else if err := e.s.ZTWIMErr; errors.Is(err, errNotInstalled) || apierrors.IsNotFound(err) {
@@ -274,11 +292,23 @@ func (e *evaluator) socketFile() []Finding {
 			"istio-proxy and plain workloads look for a socket that is not there: proxies fall back to Istio's CA or stay NotReady",
 			"set socketFileName: "+config.DefaultSocketFileName+" (the default) and restart the wired workloads")}
 	}
-	if m := e.s.IstioMesh; m != nil && m.SocketFile != "" && m.SocketFile != want {
-		return []Finding{e.finding(Warn, CheckSocketFile, "", "ConfigMap/"+e.o.IstioMeshConfig.String(),
-			fmt.Sprintf("Istio's mesh config tells every proxy to look for socket file %s; the webhook tells the proxies it wires %s", m.SocketFile, want),
+	var out []Finding
+	for _, r := range e.revisionsSorted() {
+		m := r.Mesh
+		if m == nil || m.SocketFile == "" || m.SocketFile == want {
+			continue
+		}
+		which := "Istio's mesh config"
+		if r.Name != DefaultRevision {
+			which = "Istio revision " + r.Name + "'s mesh config"
+		}
+		out = append(out, e.finding(Warn, CheckSocketFile, "", "ConfigMap/"+strings.TrimPrefix(m.Source, "ConfigMap "),
+			fmt.Sprintf("%s tells every proxy to look for socket file %s; the webhook tells the proxies it wires %s", which, m.SocketFile, want),
 			"proxies the webhook does not wire (namespaces not opted in) look for "+m.SocketFile+": pilot-agent errors when a configured socket file does not exist",
-			"remove WORKLOAD_IDENTITY_SOCKET_FILE from meshConfig.defaultConfig.proxyMetadata, or set it to "+want)}
+			"remove WORKLOAD_IDENTITY_SOCKET_FILE from meshConfig.defaultConfig.proxyMetadata, or set it to "+want))
+	}
+	if len(out) > 0 {
+		return out
 	}
 	return []Finding{e.finding(OK, CheckSocketFile, "", "", "istio-proxy in wired pods is told socket file "+want,
 		fmt.Sprintf("WORKLOAD_IDENTITY_SOCKET_FILE=%s on istio-proxy (Istio's default is %s)", want, config.IstioDefaultSocketFileName), "")}

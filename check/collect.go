@@ -29,6 +29,8 @@ import (
 var (
 	ztwimGVK                 = schema.GroupVersionKind{Group: "operator.openshift.io", Version: "v1alpha1", Kind: "ZeroTrustWorkloadIdentityManager"}
 	requestAuthenticationGVK = schema.GroupVersionKind{Group: "security.istio.io", Version: "v1", Kind: "RequestAuthenticationList"}
+	authorizationPolicyGVK   = schema.GroupVersionKind{Group: "security.istio.io", Version: "v1", Kind: "AuthorizationPolicyList"}
+	destinationRuleGVK       = schema.GroupVersionKind{Group: "networking.istio.io", Version: "v1", Kind: "DestinationRuleList"}
 	// sccGroupKind exists only on OpenShift; its presence is how OpenShift is recognised.
 	sccGroupKind = schema.GroupKind{Group: "security.openshift.io", Kind: "SecurityContextConstraints"}
 )
@@ -65,6 +67,37 @@ type Snapshot struct {
 	RegistrationsErr error
 
 	Namespaces []NamespaceData
+
+	// AllNamespaces are every namespace in the cluster, and ServiceAccounts the service accounts
+	// of each (by namespace): the identities registrations can issue are rendered over them.
+	AllNamespaces      []corev1.Namespace
+	AllNamespacesErr   error
+	ServiceAccounts    map[string][]string
+	ServiceAccountsErr error
+
+	// AuthorizationPolicies and RequestAuthentications are Istio's, in every namespace the policy
+	// audit reads (the whole cluster, or the namespaces named with -n and Istio's root namespace).
+	AuthorizationPolicies     []AuthorizationPolicy
+	AuthorizationPoliciesErr  error
+	RequestAuthentications    []RequestAuthentication
+	RequestAuthenticationsErr error
+	// DestinationRules are read for the one thing the JWKS check needs: whether Envoy originates
+	// TLS to a jwksUri host.
+	DestinationRules    []DestinationRule
+	DestinationRulesErr error
+
+	// IstioTags maps an Istio revision tag to its revision, from the istio-revision-tag-*
+	// MutatingWebhookConfigurations.
+	IstioTags    map[string]string
+	IstioTagsErr error
+	// IstioRevisions are the control planes that matter: the default one, and each revision the
+	// checked namespaces and their pods name (after resolving tags). Keyed by revision name,
+	// DefaultRevision for the unsuffixed objects.
+	IstioRevisions map[string]*IstioRevision
+
+	// Agent is the SPIRE agent's configuration (its sds names).
+	Agent    *AgentConfig
+	AgentErr error
 }
 
 // ServiceData is a Service and its EndpointSlices.
@@ -83,6 +116,9 @@ type IstioMesh struct {
 	TrustDomain string
 	// SocketFile is defaultConfig.proxyMetadata.WORKLOAD_IDENTITY_SOCKET_FILE; empty means unset.
 	SocketFile string
+	// TrustDomainAliases are meshConfig.trustDomainAliases: Istio treats principals in these
+	// trust domains (and in cluster.local) as the mesh's own.
+	TrustDomainAliases []string
 }
 
 // SCMConfig is what the checks read from spire-controller-manager's configuration.
@@ -93,7 +129,20 @@ type SCMConfig struct {
 	WatchClassless bool
 	TrustDomain    string
 	ClusterName    string
+	// IgnoreNamespaces are spire-controller-manager's ignoreNamespaces: unanchored regular
+	// expressions. When the file does not set them, its built-in list applies
+	// (IgnoreNamespacesDefaulted).
+	IgnoreNamespaces          []string
+	IgnoreNamespacesDefaulted bool
 }
+
+// SCMDefaultIgnoreNamespaces is what spire-controller-manager ignores when its configuration file
+// does not say (cmd/main.go: the file is decoded over these defaults).
+var SCMDefaultIgnoreNamespaces = []string{"kube-system", "kube-public", "spire-system"}
+
+// ZTWIMIgnoreNamespaces is what ZTWIM writes into its spire-controller-manager's configuration.
+// "openshift-*" is a regular expression, not a glob: it matches every name containing "openshift".
+var ZTWIMIgnoreNamespaces = []string{"kube-system", "kube-public", "local-path-storage", "openshift-*"}
 
 // ZTWIM is what the checks read from the ZeroTrustWorkloadIdentityManager object.
 type ZTWIM struct {
@@ -117,12 +166,21 @@ type NamespaceData struct {
 	RequestAuthErr         error
 }
 
-// RequestAuthentication is the part of an Istio RequestAuthentication the audience check needs.
+// RequestAuthentication is the part of an Istio RequestAuthentication the checks need.
 type RequestAuthentication struct {
 	Namespace, Name string
-	// Rules holds each jwtRule's audiences; an empty list accepts any audience (Envoy then does
-	// not check aud).
-	Rules [][]string
+	Rules           []JWTRule
+}
+
+// JWTRule is one jwtRule of a RequestAuthentication.
+type JWTRule struct {
+	Issuer string
+	// Audiences accepted; empty accepts any audience (Envoy then does not check aud).
+	Audiences []string
+	// JwksURI is where the keys are fetched; empty with InlineJWKS false means the issuer's
+	// OpenID discovery document says where.
+	JwksURI    string
+	InlineJWKS bool
 }
 
 // errNotInstalled marks a kind the cluster does not serve.
@@ -168,7 +226,6 @@ func Collect(ctx context.Context, c client.Client, o Options) (*Snapshot, error)
 		s.CSIDriver = nil
 	}
 
-	s.IstioMesh, s.IstioMeshErr = collectIstioMesh(ctx, c, o.IstioMeshConfig)
 	s.SCM, s.SCMErr = collectSCM(ctx, c, o.SCMConfigMaps)
 	s.ZTWIM, s.ZTWIMErr = collectZTWIM(ctx, c, o.ZTWIMName)
 
@@ -178,6 +235,21 @@ func Collect(ctx context.Context, c client.Client, o Options) (*Snapshot, error)
 	} else {
 		s.Registrations = list.Items
 	}
+
+	var all corev1.NamespaceList
+	if s.AllNamespacesErr = c.List(ctx, &all); s.AllNamespacesErr == nil {
+		s.AllNamespaces = all.Items
+	}
+	var sas corev1.ServiceAccountList
+	if s.ServiceAccountsErr = c.List(ctx, &sas); s.ServiceAccountsErr == nil {
+		s.ServiceAccounts = map[string][]string{}
+		for _, sa := range sas.Items {
+			s.ServiceAccounts[sa.Namespace] = append(s.ServiceAccounts[sa.Namespace], sa.Name)
+		}
+	}
+
+	collectIstio(ctx, c, o, s)
+	s.Agent, s.AgentErr = collectAgent(ctx, c, o.AgentConfigMaps)
 	return s, nil
 }
 
@@ -203,7 +275,6 @@ func collectNamespaces(ctx context.Context, c client.Client, o Options, s *Snaps
 			s.Namespaces = append(s.Namespaces, NamespaceData{Name: name, Namespace: ns, Requested: true})
 		}
 	}
-	root, rootErr := listRequestAuthentications(ctx, c, o.IstioRootNamespace)
 	for i := range s.Namespaces {
 		nd := &s.Namespaces[i]
 		if nd.Namespace == nil {
@@ -215,15 +286,27 @@ func collectNamespaces(ctx context.Context, c client.Client, o Options, s *Snaps
 		} else {
 			nd.Pods = pods.Items
 		}
-		if rootErr != nil {
-			nd.RequestAuthErr = rootErr
+	}
+	// Istio's policies: every namespace's, or, when namespaces were named, theirs and the root
+	// namespace's (mesh-wide policies live there).
+	var scope []string
+	if len(o.Namespaces) > 0 && !o.AllPolicies {
+		scope = append(slices.Clone(o.Namespaces), o.IstioRootNamespace)
+		slices.Sort(scope)
+		scope = slices.Compact(scope)
+	}
+	s.RequestAuthentications, s.RequestAuthenticationsErr = listRequestAuthentications(ctx, c, scope)
+	s.AuthorizationPolicies, s.AuthorizationPoliciesErr = listAuthorizationPolicies(ctx, c, scope)
+	for i := range s.Namespaces {
+		nd := &s.Namespaces[i]
+		if nd.Namespace == nil {
 			continue
 		}
-		nd.RequestAuthentications = slices.Clone(root)
-		if nd.Name != o.IstioRootNamespace {
-			own, err := listRequestAuthentications(ctx, c, nd.Name)
-			nd.RequestAuthErr = err
-			nd.RequestAuthentications = append(nd.RequestAuthentications, own...)
+		nd.RequestAuthErr = s.RequestAuthenticationsErr
+		for _, ra := range s.RequestAuthentications {
+			if ra.Namespace == nd.Name || ra.Namespace == o.IstioRootNamespace {
+				nd.RequestAuthentications = append(nd.RequestAuthentications, ra)
+			}
 		}
 	}
 	return nil
@@ -253,8 +336,9 @@ func collectIstioMesh(ctx context.Context, c client.Client, key types.Namespaced
 		return nil, fmt.Errorf("%s has no key \"mesh\"", src)
 	}
 	var mesh struct {
-		TrustDomain   string `json:"trustDomain"`
-		DefaultConfig struct {
+		TrustDomain        string   `json:"trustDomain"`
+		TrustDomainAliases []string `json:"trustDomainAliases"`
+		DefaultConfig      struct {
 			ProxyMetadata map[string]string `json:"proxyMetadata"`
 		} `json:"defaultConfig"`
 	}
@@ -262,7 +346,8 @@ func collectIstioMesh(ctx context.Context, c client.Client, key types.Namespaced
 	if err := yaml.Unmarshal([]byte(raw), &mesh); err != nil {
 		return nil, fmt.Errorf("%s key mesh is not valid YAML: %v", src, err)
 	}
-	return &IstioMesh{Source: src, TrustDomain: mesh.TrustDomain, SocketFile: mesh.DefaultConfig.ProxyMetadata["WORKLOAD_IDENTITY_SOCKET_FILE"]}, nil
+	return &IstioMesh{Source: src, TrustDomain: mesh.TrustDomain, TrustDomainAliases: mesh.TrustDomainAliases,
+		SocketFile: mesh.DefaultConfig.ProxyMetadata["WORKLOAD_IDENTITY_SOCKET_FILE"]}, nil
 }
 
 // collectSCM returns the first spire-controller-manager configuration found. The error, when none
@@ -290,17 +375,24 @@ func collectSCM(ctx context.Context, c client.Client, keys []types.NamespacedNam
 		slices.Sort(dataKeys)
 		for _, k := range dataKeys {
 			var doc struct {
-				Kind           string `json:"kind"`
-				ClassName      string `json:"className"`
-				WatchClassless bool   `json:"watchClassless"`
-				TrustDomain    string `json:"trustDomain"`
-				ClusterName    string `json:"clusterName"`
+				Kind             string    `json:"kind"`
+				ClassName        string    `json:"className"`
+				WatchClassless   bool      `json:"watchClassless"`
+				TrustDomain      string    `json:"trustDomain"`
+				ClusterName      string    `json:"clusterName"`
+				IgnoreNamespaces *[]string `json:"ignoreNamespaces"`
 			}
 			if yaml.Unmarshal([]byte(cm.Data[k]), &doc) != nil || doc.Kind != "ControllerManagerConfig" {
 				continue
 			}
-			return &SCMConfig{Source: fmt.Sprintf("ConfigMap %s key %s", key, k), ClassName: doc.ClassName,
-				WatchClassless: doc.WatchClassless, TrustDomain: doc.TrustDomain, ClusterName: doc.ClusterName}, nil
+			scm := &SCMConfig{Source: fmt.Sprintf("ConfigMap %s key %s", key, k), ClassName: doc.ClassName,
+				WatchClassless: doc.WatchClassless, TrustDomain: doc.TrustDomain, ClusterName: doc.ClusterName}
+			if doc.IgnoreNamespaces != nil {
+				scm.IgnoreNamespaces = *doc.IgnoreNamespaces
+			} else {
+				scm.IgnoreNamespaces, scm.IgnoreNamespacesDefaulted = slices.Clone(SCMDefaultIgnoreNamespaces), true
+			}
+			return scm, nil
 		}
 		if firstErr == nil {
 			firstErr = fmt.Errorf("ConfigMap %s holds no ControllerManagerConfig", key)
@@ -323,24 +415,55 @@ func collectZTWIM(ctx context.Context, c client.Client, name string) (*ZTWIM, er
 	return &ZTWIM{Name: name, TrustDomain: td, ClusterName: cn}, nil
 }
 
-func listRequestAuthentications(ctx context.Context, c client.Client, ns string) ([]RequestAuthentication, error) {
-	list := &unstructured.UnstructuredList{}
-	list.SetGroupVersionKind(requestAuthenticationGVK)
-	if err := c.List(ctx, list, client.InNamespace(ns)); err != nil {
-		return nil, notInstalled(err)
+// listIstio lists one of Istio's kinds in each namespace of scope, or in every namespace when
+// scope is empty.
+func listIstio(ctx context.Context, c client.Client, gvk schema.GroupVersionKind, scope []string) ([]unstructured.Unstructured, error) {
+	if len(scope) == 0 {
+		scope = []string{""}
 	}
-	out := make([]RequestAuthentication, 0, len(list.Items))
-	for _, item := range list.Items {
-		ra := RequestAuthentication{Namespace: item.GetNamespace(), Name: item.GetName()}
-		rules, _, _ := unstructured.NestedSlice(item.Object, "spec", "jwtRules")
-		for _, r := range rules {
-			rule, _ := r.(map[string]any)
-			auds, _, _ := unstructured.NestedStringSlice(rule, "audiences")
-			ra.Rules = append(ra.Rules, auds)
+	var out []unstructured.Unstructured
+	for _, ns := range scope {
+		list := &unstructured.UnstructuredList{}
+		list.SetGroupVersionKind(gvk)
+		var opts []client.ListOption
+		if ns != "" {
+			opts = append(opts, client.InNamespace(ns))
 		}
-		out = append(out, ra)
+		if err := c.List(ctx, list, opts...); err != nil {
+			return nil, notInstalled(err)
+		}
+		out = append(out, list.Items...)
 	}
 	return out, nil
+}
+
+func listRequestAuthentications(ctx context.Context, c client.Client, scope []string) ([]RequestAuthentication, error) {
+	items, err := listIstio(ctx, c, requestAuthenticationGVK, scope)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]RequestAuthentication, 0, len(items))
+	for _, item := range items {
+		out = append(out, parseRequestAuthentication(item.Object))
+	}
+	return out, nil
+}
+
+func parseRequestAuthentication(obj map[string]any) RequestAuthentication {
+	u := unstructured.Unstructured{Object: obj}
+	ra := RequestAuthentication{Namespace: u.GetNamespace(), Name: u.GetName()}
+	rules, _, _ := unstructured.NestedSlice(obj, "spec", "jwtRules")
+	for _, r := range rules {
+		rule, _ := r.(map[string]any)
+		var jr JWTRule
+		jr.Issuer, _, _ = unstructured.NestedString(rule, "issuer")
+		jr.Audiences, _, _ = unstructured.NestedStringSlice(rule, "audiences")
+		jr.JwksURI, _, _ = unstructured.NestedString(rule, "jwksUri")
+		jwks, _, _ := unstructured.NestedString(rule, "jwks")
+		jr.InlineJWKS = jwks != ""
+		ra.Rules = append(ra.Rules, jr)
+	}
+	return ra
 }
 
 // notInstalled turns "no such kind" (the CRD is not installed) into errNotInstalled, so that the

@@ -44,11 +44,11 @@ func (e *evaluator) jwtAudience(nd *NamespaceData, ps podSet) []Finding {
 	for _, ra := range nd.RequestAuthentications {
 		names = append(names, ra.Namespace+"/"+ra.Name)
 		for _, rule := range ra.Rules {
-			if len(rule) == 0 {
+			if len(rule.Audiences) == 0 {
 				return []Finding{e.finding(OK, CheckJWTAudience, ns, "RequestAuthentication/"+ra.Namespace+"/"+ra.Name,
 					fmt.Sprintf("pods request JWT-SVIDs for %s; RequestAuthentication %s/%s accepts any audience", strings.Join(auds, ", "), ra.Namespace, ra.Name), "", "")}
 			}
-			for _, a := range rule {
+			for _, a := range rule.Audiences {
 				accepted[a] = true
 			}
 		}

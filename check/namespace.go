@@ -20,6 +20,7 @@ func (e *evaluator) namespace(nd *NamespaceData) []Finding {
 		return []Finding{e.finding(Fail, CheckNamespaceSelector, ns, "Namespace/"+ns, "namespace "+ns+" not found", "", "check the name given with -n")}
 	}
 	out := e.namespaceSelector(nd)
+	out = append(out, e.scmIgnore(nd)...)
 	if nd.PodsErr != nil {
 		return append(out, e.unreadable(CheckPodsNotWired, ns, "pods in "+ns, nd.PodsErr))
 	}
@@ -34,6 +35,10 @@ func (e *evaluator) namespace(nd *NamespaceData) []Finding {
 	out = append(out, e.podsNotWired(ns, ps)...)
 	out = append(out, e.podSocketFile(ns, ps)...)
 	out = append(out, e.jwtAudience(nd, ps)...)
+	out = append(out, e.istioMode(nd)...)
+	out = append(out, e.jwksFetch(nd)...)
+	out = append(out, e.policyAdmission(nd, ps)...)
+	out = append(out, e.istioSPIRETemplate(nd)...)
 	return out
 }
 
