@@ -37,8 +37,22 @@ func (l *listFlag) Set(v string) error {
 }
 
 func runCheck(args []string, stdout, stderr io.Writer) error {
+	// `check pod NAMESPACE/NAME [flags]` explains one pod.
+	var pod *types.NamespacedName
+	if len(args) > 0 && args[0] == "pod" {
+		if len(args) < 2 || strings.HasPrefix(args[1], "-") {
+			fmt.Fprintln(stderr, "check pod: allowed: check pod NAMESPACE/NAME [flags]")
+			return errUsage
+		}
+		key, err := parseNamespacedName(args[1])
+		if err != nil {
+			fmt.Fprintf(stderr, "check pod: %v\n", err)
+			return errUsage
+		}
+		pod, args = &key, args[2:]
+	}
 	var (
-		namespaces, scmConfigs                     listFlag
+		namespaces, scmConfigs, agentConfigs       listFlag
 		kubeconfig, kubeContext, configPath, out   string
 		webhookNamespace, webhookName, istioConfig string
 		timeout                                    time.Duration
@@ -55,11 +69,15 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&webhookName, "webhook-name", check.DefaultWebhookName, "name of the MutatingWebhookConfiguration")
 	fs.StringVar(&istioConfig, "istio-config", check.DefaultIstioMeshConfig.String(), "Istio's mesh ConfigMap, NAMESPACE/NAME (key mesh)")
 	fs.Var(&scmConfigs, "scm-config", "spire-controller-manager's ConfigMap, NAMESPACE/NAME (repeatable; default: spire-controller-manager in ZTWIM's namespace, spire-server, spire-system)")
+	fs.Var(&agentConfigs, "agent-config", "the SPIRE agent's ConfigMap, NAMESPACE/NAME, key agent.conf (repeatable; default: spire-agent in ZTWIM's namespace, spire-system, spire-server)")
 	fs.DurationVar(&timeout, "timeout", 30*time.Second, "give up after this long")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "Usage: spire-mesh-injector check [flags]\n\n"+
+		fmt.Fprint(fs.Output(), "Usage: spire-mesh-injector check [flags]\n"+
+			"       spire-mesh-injector check pod NAMESPACE/NAME [flags]\n\n"+
 			"Reads the cluster (never writes) and reports, per opted-in namespace, why workloads would have no\n"+
 			"SPIRE identity: one line per finding, OK, WARN or FAIL, with what, why and how to fix.\n"+
+			"check pod explains one pod: which registration gives it which SPIFFE ID, how it is wired, which\n"+
+			"policies admit it.\n"+
 			"Exit status: 0 nothing FAILs, 3 something FAILs, 1 the check could not run, 2 usage error.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
@@ -68,6 +86,10 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 	}
 	if out != "table" && out != "json" {
 		fmt.Fprintf(stderr, "-o %q: allowed: table, json\n", out)
+		return errUsage
+	}
+	if pod != nil && len(namespaces) > 0 {
+		fmt.Fprintln(stderr, "check pod: -n does not apply (the pod names its namespace)")
 		return errUsage
 	}
 	o := check.Options{Namespaces: namespaces, WebhookName: webhookName}
@@ -83,6 +105,14 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 			return errUsage
 		}
 		o.SCMConfigMaps = append(o.SCMConfigMaps, key)
+	}
+	for _, s := range agentConfigs {
+		key, err := parseNamespacedName(s)
+		if err != nil {
+			fmt.Fprintf(stderr, "--agent-config: %v\n", err)
+			return errUsage
+		}
+		o.AgentConfigMaps = append(o.AgentConfigMaps, key)
 	}
 
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
@@ -114,7 +144,12 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 
-	report, err := check.Run(ctx, c, o)
+	var report *check.Report
+	if pod != nil {
+		report, err = check.RunPod(ctx, c, o, pod.Namespace, pod.Name)
+	} else {
+		report, err = check.Run(ctx, c, o)
+	}
 	if err != nil {
 		return err
 	}
