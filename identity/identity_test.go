@@ -75,6 +75,19 @@ func TestDesiredSpec(t *testing.T) {
 	require.ErrorContains(t, err, "is the cluster's own trust domain")
 }
 
+func TestHoldBack(t *testing.T) {
+	s := Spec{FederatesWith: []string{"bank.example", "partner.example", "typo.example"}}
+	kept, held := s.HoldBack(Federation{"partner.example": false, "bank.example": true, "other.example": true})
+	assert.Equal(t, []string{"bank.example", "partner.example"}, kept.FederatesWith)
+	assert.Equal(t, []string{"typo.example"}, held)
+	kept, held = s.HoldBack(nil)
+	assert.Equal(t, s.FederatesWith, kept.FederatesWith, "unknown federation: nothing held back")
+	assert.Empty(t, held)
+	kept, held = s.HoldBack(Federation{})
+	assert.Empty(t, kept.FederatesWith, "no ClusterFederatedTrustDomain: nothing to federate with")
+	assert.Equal(t, s.FederatesWith, held)
+}
+
 func TestCompetes(t *testing.T) {
 	c := cfg(t, "")
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "shop", Labels: map[string]string{"app": "web"}}, Spec: corev1.PodSpec{ServiceAccountName: "web"}}

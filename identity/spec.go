@@ -57,6 +57,33 @@ func DesiredSpec(cfg *config.Config, ns string, nsAnnotations map[string]string)
 	}, nil
 }
 
+// Federation is what spire-controller-manager can federate with: each trust domain a
+// ClusterFederatedTrustDomain of the reconciled class names, and whether that object carries the
+// partner's bundle inline (spec.trustDomainBundle). Otherwise SPIRE holds the bundle only once it
+// has fetched it from the partner's endpoint.
+type Federation map[string]bool
+
+// HoldBack returns s federating only with the trust domains fed names, and the ones it held back,
+// sorted. SPIRE refuses an entry whose federatesWith names a trust domain it holds no bundle for
+// ("unable to find federated bundle"), and spire-controller-manager checks only the names' syntax:
+// one trust domain that no ClusterFederatedTrustDomain backs (a typo) would leave every pod the
+// registration selects without an SVID. A nil fed (unknown, as offline) holds nothing back.
+func (s Spec) HoldBack(fed Federation) (Spec, []string) {
+	if fed == nil || len(s.FederatesWith) == 0 {
+		return s, nil
+	}
+	var kept, held []string
+	for _, td := range s.FederatesWith {
+		if _, ok := fed[td]; ok {
+			kept = append(kept, td)
+		} else {
+			held = append(held, td)
+		}
+	}
+	s.FederatesWith = kept
+	return s, held
+}
+
 // WiredPodSelector selects only pods the webhook wired, and never a pod that opted out: a hand-set
 // label on an opted-out pod (which the webhook never sees) must not attach identity. Every
 // registration the webhook manages carries this same selector.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -77,10 +78,12 @@ func NewEnsurer(cfg *config.Config, reader client.Reader, writer client.Writer, 
 }
 
 // Ensure makes sure namespace ns's ClusterSPIFFEID exists before pod, already wired, is admitted,
-// and that no registration of somebody else's gives the same pod another SPIFFE ID. It is never
-// called for dry-run requests.
-func (e *Ensurer) Ensure(ctx context.Context, ns string, pod *corev1.Pod) error {
-	err := e.ensure(ctx, ns, pod)
+// and that no registration of somebody else's gives the same pod another SPIFFE ID. It returns
+// warnings for the pod's author: trust domains held back from the registration (no
+// ClusterFederatedTrustDomain of the class names them yet), and another registration that masks
+// ours for this pod. It is never called for dry-run requests.
+func (e *Ensurer) Ensure(ctx context.Context, ns string, pod *corev1.Pod) ([]string, error) {
+	warnings, err := e.ensure(ctx, ns, pod)
 	if err != nil {
 		var ee *EnsureError
 		if !errors.As(err, &ee) {
@@ -92,10 +95,10 @@ func (e *Ensurer) Ensure(ctx context.Context, ns string, pod *corev1.Pod) error 
 			e.recorder.Eventf(namespaceRef(ns, ""), corev1.EventTypeWarning, "Registration"+ee.Reason, "%v", ee.Err)
 		}
 	}
-	return err
+	return warnings, err
 }
 
-func (e *Ensurer) ensure(ctx context.Context, ns string, pod *corev1.Pod) error {
+func (e *Ensurer) ensure(ctx context.Context, ns string, pod *corev1.Pod) ([]string, error) {
 	name := identity.Name(ns)
 	var nsMeta *metav1.PartialObjectMetadata
 	getNamespace := func() (*metav1.PartialObjectMetadata, error) {
@@ -115,45 +118,76 @@ func (e *Ensurer) ensure(ctx context.Context, ns string, pod *corev1.Pod) error 
 	// label and a wired pod.
 	if !e.servesMeta(getNamespace) {
 		e.metrics.ensures.WithLabelValues("skipped", ReasonNotOptedIn).Inc()
-		return nil
+		return nil, nil
 	}
-	if err := e.checkConflicts(ctx, ns, pod, getNamespace); err != nil {
-		return err
+	m, err := getNamespace()
+	if err != nil {
+		return nil, err
+	}
+	requested, err := identity.DesiredSpec(e.cfg, ns, m.Annotations)
+	if err != nil {
+		return nil, &EnsureError{Namespace: ns, Name: name, Reason: ReasonInvalid, Err: err}
+	}
+	var fed identity.Federation
+	if len(requested.FederatesWith) > 0 {
+		if fed, err = Federation(ctx, e.reader, e.cfg.Registration.ClassName); err != nil {
+			return nil, err
+		}
+	}
+	spec, held := requested.HoldBack(fed)
+	var warnings []string
+	if len(held) > 0 {
+		e.metrics.federationHeldBack.Inc()
+		warnings = append(warnings, heldBackWarning(held))
 	}
 
 	existing := &spirev1alpha1.ClusterSPIFFEID{}
-	err := e.reader.Get(ctx, types.NamespacedName{Name: name}, existing)
+	err = e.reader.Get(ctx, types.NamespacedName{Name: name}, existing)
 	switch {
 	case err == nil:
-		if existing.Labels[identity.ManagedByLabel] != identity.ManagedByValue {
-			return &EnsureError{Namespace: ns, Name: name, Reason: ReasonConflict,
+	case meta.IsNoMatchError(err):
+		return warnings, crdMissing(ns, name, err)
+	case !apierrors.IsNotFound(err):
+		return warnings, fmt.Errorf("reading ClusterSPIFFEID %s from the cache: %w", name, err)
+	default:
+		existing = nil
+	}
+	var created time.Time
+	var uid string
+	if existing != nil {
+		created, uid = existing.CreationTimestamp.Time, string(existing.UID)
+	}
+	masked, err := e.checkOthers(ctx, ns, pod, getNamespace, spec, created, uid)
+	if err != nil {
+		return warnings, err
+	}
+	warnings = append(warnings, masked...)
+
+	if existing != nil {
+		if !identity.IsManaged(existing.Labels) {
+			return warnings, &EnsureError{Namespace: ns, Name: name, Reason: ReasonConflict,
 				Err: fmt.Errorf("a ClusterSPIFFEID named %s exists but is not managed by spire-mesh-injector (label %s=%s missing); rename or delete it", name, identity.ManagedByLabel, identity.ManagedByValue)}
 		}
 		e.metrics.ensures.WithLabelValues("exists", "").Inc()
-		return nil
-	case meta.IsNoMatchError(err):
-		return crdMissing(ns, name, err)
-	case !apierrors.IsNotFound(err):
-		return fmt.Errorf("reading ClusterSPIFFEID %s from the cache: %w", name, err)
+		return warnings, nil
 	}
 	if t, ok := e.recent.Load(ns); ok && e.now().Sub(t.(time.Time)) < recentTTL {
 		e.metrics.ensures.WithLabelValues("exists", "").Inc()
-		return nil
+		return warnings, nil
 	}
 
 	// Concurrent admissions in one namespace create it once.
 	_, err, _ = e.inflight.Do(ns, func() (any, error) {
-		m, err := getNamespace()
-		if err != nil {
-			return nil, err
-		}
-		obj, err := Build(e.cfg, ns, asNamespace(m))
+		obj, _, err := BuildFederating(e.cfg, ns, asNamespace(m), fed)
 		if err != nil {
 			return nil, &EnsureError{Namespace: ns, Name: name, Reason: ReasonInvalid, Err: err}
 		}
 		switch err := e.writer.Create(ctx, obj); {
 		case err == nil:
 			e.metrics.ensures.WithLabelValues("created", "").Inc()
+			if len(held) > 0 && e.recorder != nil {
+				e.recorder.Eventf(namespaceRef(ns, m.UID), corev1.EventTypeWarning, "RegistrationFederationHeldBack", "%s", heldBackWarning(held))
+			}
 		case apierrors.IsAlreadyExists(err):
 			e.metrics.ensures.WithLabelValues("exists", "").Inc()
 		case meta.IsNoMatchError(err) || apierrors.IsNotFound(err):
@@ -168,7 +202,13 @@ func (e *Ensurer) ensure(ctx context.Context, ns string, pod *corev1.Pod) error 
 		e.recent.Store(ns, e.now())
 		return nil, nil
 	})
-	return err
+	return warnings, err
+}
+
+// heldBackWarning says which trust domains the registration does not federate with yet, and why
+// (short enough for an admission warning, which the webhook cuts at 120 characters).
+func heldBackWarning(held []string) string {
+	return fmt.Sprintf("not federating with %s yet: no ClusterFederatedTrustDomain of the class names it", strings.Join(held, ","))
 }
 
 // Serves reports whether namespace ns is opted in and not being deleted, as the cache knows it: the
@@ -187,19 +227,21 @@ func (e *Ensurer) servesMeta(get func() (*metav1.PartialObjectMetadata, error)) 
 	return err == nil && m.DeletionTimestamp == nil && identity.OptedIn(m.Labels)
 }
 
-// checkConflicts refuses a registration that would give pod a second SPIFFE ID: another
-// registration of the same class that competes with ours for it (identity.Registration.Competes).
-// ZTWIM's fallback default (fallback: true) yields to ours and is no conflict.
-func (e *Ensurer) checkConflicts(ctx context.Context, ns string, pod *corev1.Pod, getNamespace func() (*metav1.PartialObjectMetadata, error)) error {
+// checkOthers looks at every other registration of the class for pod: one that competes with ours
+// (identity.Registration.Competes: another SPIFFE ID) refuses ours — the workload could get either
+// identity; one that masks ours (identity.Registration.Masks: the same entry with another spec)
+// is a warning, since spire-controller-manager keeps the older one's spec. ZTWIM's fallback default
+// (fallback: true) yields to ours and is neither.
+func (e *Ensurer) checkOthers(ctx context.Context, ns string, pod *corev1.Pod, getNamespace func() (*metav1.PartialObjectMetadata, error), ours identity.Spec, oursCreated time.Time, oursUID string) ([]string, error) {
 	var others spirev1alpha1.ClusterSPIFFEIDList
 	if err := e.reader.List(ctx, &others, client.MatchingFields{ManagedIndex: "false"}, client.UnsafeDisableDeepCopy); err != nil {
 		if meta.IsNoMatchError(err) {
-			return crdMissing(ns, identity.Name(ns), err)
+			return nil, crdMissing(ns, identity.Name(ns), err)
 		}
-		return fmt.Errorf("listing ClusterSPIFFEIDs from the cache: %w", err)
+		return nil, fmt.Errorf("listing ClusterSPIFFEIDs from the cache: %w", err)
 	}
 	if len(others.Items) == 0 {
-		return nil
+		return nil, nil
 	}
 	pod = identity.InNamespace(pod, ns)
 	nsLabels := func() (labels.Set, error) {
@@ -209,6 +251,7 @@ func (e *Ensurer) checkConflicts(ctx context.Context, ns string, pod *corev1.Pod
 		}
 		return labels.Set(m.Labels), nil
 	}
+	var warnings []string
 	for i := range others.Items {
 		o := &others.Items[i]
 		if o.Spec.ClassName != e.cfg.Registration.ClassName {
@@ -220,16 +263,23 @@ func (e *Ensurer) checkConflicts(ctx context.Context, ns string, pod *corev1.Pod
 		}
 		c, err := r.Competes(e.cfg, pod, nsLabels)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if c == nil {
-			continue
+		if c != nil {
+			return nil, &EnsureError{Namespace: ns, Name: identity.Name(ns), Reason: ReasonConflict,
+				Err: fmt.Errorf("ClusterSPIFFEID %s (className %q, not managed by spire-mesh-injector) already selects this pod with SPIFFE ID %q, not %q; give it fallback: true, narrow its selectors, or label the pod %s=%s",
+					o.Name, o.Spec.ClassName, c.Theirs, c.Ours, annotations.InjectionLabel, annotations.InjectionDisabled)}
 		}
-		return &EnsureError{Namespace: ns, Name: identity.Name(ns), Reason: ReasonConflict,
-			Err: fmt.Errorf("ClusterSPIFFEID %s (className %q, not managed by spire-mesh-injector) already selects this pod with SPIFFE ID %q, not %q; give it fallback: true, narrow its selectors, or label the pod %s=%s",
-				o.Name, o.Spec.ClassName, c.Theirs, c.Ours, annotations.InjectionLabel, annotations.InjectionDisabled)}
+		mk, err := r.Masks(e.cfg, pod, nsLabels, ours, oursCreated, oursUID)
+		if err != nil {
+			return nil, err
+		}
+		if mk != nil && mk.TheirsWins {
+			e.metrics.masked.Inc()
+			warnings = append(warnings, fmt.Sprintf("older ClusterSPIFFEID %s masks this pod's entry (other %s)", o.Name, strings.Join(mk.Fields, ", ")))
+		}
 	}
-	return nil
+	return warnings, nil
 }
 
 func crdMissing(ns, name string, err error) error {

@@ -67,14 +67,14 @@ func TestEnsureCreatesOnceThenReadsOnly(t *testing.T) {
 	}})
 	var wg sync.WaitGroup
 	for range 10 {
-		wg.Go(func() { assert.NoError(t, e.Ensure(context.Background(), "n1", wiredPod("n1"))) })
+		wg.Go(func() { _, err := e.Ensure(context.Background(), "n1", wiredPod("n1")); assert.NoError(t, err) })
 	}
 	wg.Wait()
 	assert.Equal(t, int32(1), creates.Load(), "one create for concurrent admissions")
 	got := &spirev1alpha1.ClusterSPIFFEID{}
 	require.NoError(t, c.Get(context.Background(), client.ObjectKey{Name: "spire-mesh-injector-n1"}, got))
 	assert.Equal(t, "uid-n1", string(got.OwnerReferences[0].UID))
-	require.NoError(t, e.Ensure(context.Background(), "n1", wiredPod("n1")))
+	require.NoError(t, ensure(t, e, context.Background(), "n1", wiredPod("n1")))
 	assert.Equal(t, int32(1), creates.Load(), "steady state: no write")
 	assert.Equal(t, 1.0, testutil.ToFloat64(e.metrics.ensures.WithLabelValues("created", "")))
 }
@@ -89,7 +89,7 @@ func TestEnsureWritesNothingForNamespacesNotOptedIn(t *testing.T) {
 		return c.Create(ctx, o, opts...)
 	}})
 	for _, ns := range []string{"off", "never-created"} {
-		require.NoError(t, e.Ensure(context.Background(), ns, wiredPod(ns)), ns)
+		require.NoError(t, ensure(t, e, context.Background(), ns, wiredPod(ns)), ns)
 		assert.False(t, e.Serves(ns), ns)
 	}
 	assert.True(t, e.Serves("n1"))
@@ -128,7 +128,7 @@ func TestEnsureErrorsSayWhatIsMissing(t *testing.T) {
 				}
 				return c.Create(ctx, o, opts...)
 			}}, tt.objs...)
-			err := e.Ensure(context.Background(), "n1", wiredPod("n1"))
+			_, err := e.Ensure(context.Background(), "n1", wiredPod("n1"))
 			var ee *EnsureError
 			require.ErrorAs(t, err, &ee)
 			assert.Equal(t, tt.reason, ee.Reason)
@@ -147,15 +147,69 @@ func TestEnsureErrorsSayWhatIsMissing(t *testing.T) {
 
 func TestNoConflictWith(t *testing.T) {
 	for name, other := range map[string]spirev1alpha1.ClusterSPIFFEIDSpec{
-		"a fallback":                 {ClassName: "zero-trust-workload-identity-manager-spire", SPIFFEIDTemplate: "spiffe://example.org/x", Fallback: true},
-		"another class":              {ClassName: "other", SPIFFEIDTemplate: "spiffe://example.org/x"},
-		"the same identity":          {ClassName: "zero-trust-workload-identity-manager-spire", SPIFFEIDTemplate: "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}"},
-		"a pod selector not matched": {ClassName: "zero-trust-workload-identity-manager-spire", SPIFFEIDTemplate: "spiffe://example.org/x", PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}},
-		"a namespace not matched":    {ClassName: "zero-trust-workload-identity-manager-spire", SPIFFEIDTemplate: "spiffe://example.org/x", NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": "b"}}},
+		"a fallback":                  {ClassName: "zero-trust-workload-identity-manager-spire", SPIFFEIDTemplate: "spiffe://example.org/x", Fallback: true},
+		"another class":               {ClassName: "other", SPIFFEIDTemplate: "spiffe://example.org/x"},
+		"the same identity and entry": {ClassName: "zero-trust-workload-identity-manager-spire", SPIFFEIDTemplate: "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}", JWTTTL: metav1.Duration{Duration: 5 * time.Minute}},
+		"a pod selector not matched":  {ClassName: "zero-trust-workload-identity-manager-spire", SPIFFEIDTemplate: "spiffe://example.org/x", PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}},
+		"a namespace not matched":     {ClassName: "zero-trust-workload-identity-manager-spire", SPIFFEIDTemplate: "spiffe://example.org/x", NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"team": "b"}}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			e, _, _ := newEnsurer(t, interceptor.Funcs{}, &spirev1alpha1.ClusterSPIFFEID{ObjectMeta: metav1.ObjectMeta{Name: "theirs"}, Spec: other})
-			require.NoError(t, e.Ensure(context.Background(), "n1", wiredPod("n1")))
+			require.NoError(t, ensure(t, e, context.Background(), "n1", wiredPod("n1")))
 		})
 	}
+}
+
+// TestMaskingIsAWarning: another registration of the class that gives the pod the same SPIFFE ID
+// with another spec makes the same SPIRE entry; spire-controller-manager keeps the older one's spec
+// and drops ours silently. The pod is admitted (it gets its identity), with a warning naming the
+// other registration and what differs, and the registration of ours is still created.
+func TestMaskingIsAWarning(t *testing.T) {
+	theirs := &spirev1alpha1.ClusterSPIFFEID{ObjectMeta: metav1.ObjectMeta{Name: "hand-written", CreationTimestamp: metav1.NewTime(time.Now().Add(-time.Hour))},
+		Spec: spirev1alpha1.ClusterSPIFFEIDSpec{ClassName: "zero-trust-workload-identity-manager-spire", TTL: metav1.Duration{Duration: time.Hour},
+			SPIFFEIDTemplate: "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}"}}
+	e, c, _ := newEnsurer(t, interceptor.Funcs{}, theirs)
+	warnings, err := e.Ensure(context.Background(), "n1", wiredPod("n1"))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"older ClusterSPIFFEID hand-written masks this pod's entry (other ttl, jwtTtl)"}, warnings)
+	require.NoError(t, c.Get(context.Background(), client.ObjectKey{Name: "spire-mesh-injector-n1"}, &spirev1alpha1.ClusterSPIFFEID{}))
+	assert.Equal(t, 1.0, testutil.ToFloat64(e.metrics.masked))
+}
+
+// TestFederationHeldBack: a trust domain no ClusterFederatedTrustDomain of the class names is left
+// out of the registration (SPIRE would refuse every entry that names it), with a warning; one that
+// has its ClusterFederatedTrustDomain is written.
+func TestFederationHeldBack(t *testing.T) {
+	cftd := &spirev1alpha1.ClusterFederatedTrustDomain{ObjectMeta: metav1.ObjectMeta{Name: "partner"},
+		Spec: spirev1alpha1.ClusterFederatedTrustDomainSpec{TrustDomain: "partner.example", ClassName: "zero-trust-workload-identity-manager-spire",
+			BundleEndpointURL: "https://partner.example:8443", BundleEndpointProfile: spirev1alpha1.BundleEndpointProfile{Type: "https_web"}}}
+	otherClass := cftd.DeepCopy()
+	otherClass.Name, otherClass.Spec.TrustDomain, otherClass.Spec.ClassName = "bank", "bank.example", "someone-else"
+	e, c, rec := newEnsurer(t, interceptor.Funcs{}, cftd, otherClass)
+	update := func(ns *corev1.Namespace) {
+		ns.Annotations = map[string]string{annotations.FederatesWithAnnotation: "partner.example,bank.example,tyop.example"}
+	}
+	ns := &corev1.Namespace{}
+	require.NoError(t, c.Get(context.Background(), client.ObjectKey{Name: "n1"}, ns))
+	update(ns)
+	require.NoError(t, c.Update(context.Background(), ns))
+
+	warnings, err := e.Ensure(context.Background(), "n1", wiredPod("n1"))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"not federating with bank.example,tyop.example yet: no ClusterFederatedTrustDomain of the class names it"}, warnings)
+	got := &spirev1alpha1.ClusterSPIFFEID{}
+	require.NoError(t, c.Get(context.Background(), client.ObjectKey{Name: "spire-mesh-injector-n1"}, got))
+	assert.Equal(t, []string{"partner.example"}, got.Spec.FederatesWith)
+	assert.Equal(t, 1.0, testutil.ToFloat64(e.metrics.federationHeldBack))
+	require.Len(t, rec.Events, 1)
+	assert.Contains(t, <-rec.Events, "Warning RegistrationFederationHeldBack not federating with bank.example,tyop.example yet")
+}
+
+// ensure calls e.Ensure and returns its error, failing on any warning (these tests' namespaces ask
+// for no federation and meet no other registration).
+func ensure(t *testing.T, e *Ensurer, ctx context.Context, ns string, pod *corev1.Pod) error {
+	t.Helper()
+	warnings, err := e.Ensure(ctx, ns, pod)
+	assert.Empty(t, warnings)
+	return err
 }

@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
+	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/identity"
 )
@@ -80,7 +81,8 @@ func WiredPods() *metav1.PartialObjectMetadata {
 }
 
 // SetupWithManager registers the controller: it watches Namespaces (metadata only), the
-// ClusterSPIFFEIDs it manages and the creation and deletion of wired pods, keyed by namespace name. Like every
+// ClusterSPIFFEIDs, the ClusterFederatedTrustDomains (what registrations may federate with) and the
+// creation and deletion of wired pods, keyed by namespace name. Like every
 // controller it runs only on the elected leader, so the webhook can run several replicas.
 func (r *Reconciler) SetupWithManager(mgr manager.Manager) error {
 	byNamespace := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
@@ -94,6 +96,7 @@ func (r *Reconciler) SetupWithManager(mgr manager.Manager) error {
 			GenericFunc: func(event.GenericEvent) bool { return false },
 		})).
 		Watches(&spirev1alpha1.ClusterSPIFFEID{}, handler.EnqueueRequestsFromMapFunc(r.namespacesOf)).
+		Watches(&spirev1alpha1.ClusterFederatedTrustDomain{}, handler.EnqueueRequestsFromMapFunc(r.federatingNamespaces)).
 		// Name validation guards against two controllers of one name in a process; tests run
 		// several servers (replicas) in one process on purpose.
 		WithOptions(controller.Options{MaxConcurrentReconciles: 4, SkipNameValidation: ptr(true)}).
@@ -187,7 +190,11 @@ func (r *Reconciler) reconcile(ctx context.Context, ns string, requeue *time.Dur
 		return "deleted", "", nil
 	}
 
-	desired, err := Build(r.cfg, ns, asNamespace(nsMeta))
+	fed, err := Federation(ctx, r.client, r.cfg.Registration.ClassName)
+	if err != nil {
+		return "error", ReasonAPIError, err
+	}
+	desired, held, err := BuildFederating(r.cfg, ns, asNamespace(nsMeta), fed)
 	if err != nil {
 		r.event(nsMeta, corev1.EventTypeWarning, "Registration"+ReasonInvalid, "%v", err)
 		// Nothing to retry until the annotation changes, which triggers a new reconcile.
@@ -213,6 +220,7 @@ func (r *Reconciler) reconcile(ctx context.Context, ns string, requeue *time.Dur
 			return "error", ReasonAPIError, err
 		}
 		r.event(nsMeta, corev1.EventTypeNormal, "RegistrationCreated", "created ClusterSPIFFEID %s", name)
+		r.heldBack(nsMeta, held)
 		return "created", "", nil
 	}
 
@@ -249,6 +257,7 @@ func (r *Reconciler) reconcile(ctx context.Context, ns string, requeue *time.Dur
 		return "error", ReasonAPIError, err
 	}
 	r.event(nsMeta, corev1.EventTypeNormal, "RegistrationUpdated", "updated ClusterSPIFFEID %s to the current configuration", name)
+	r.heldBack(nsMeta, held)
 	return "updated", "", nil
 }
 
@@ -285,6 +294,34 @@ func (r *Reconciler) coveringRegistration(ctx context.Context, nsMeta *metav1.Pa
 		}
 	}
 	return ""
+}
+
+// heldBack records the trust domains a registration it wrote leaves out; once a
+// ClusterFederatedTrustDomain of the class names one, the watch brings the namespace back and the
+// registration gets it.
+func (r *Reconciler) heldBack(nsMeta *metav1.PartialObjectMetadata, held []string) {
+	if len(held) > 0 {
+		r.event(nsMeta, corev1.EventTypeWarning, "RegistrationFederationHeldBack", "%s", heldBackWarning(held))
+	}
+}
+
+// federatingNamespaces maps a ClusterFederatedTrustDomain event to the namespaces whose
+// registration may now federate with it, or must stop: every opted-in namespace when the
+// configuration federates, otherwise those that ask for it with their annotation.
+func (r *Reconciler) federatingNamespaces(ctx context.Context, _ client.Object) []reconcile.Request {
+	list := &metav1.PartialObjectMetadataList{}
+	list.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("NamespaceList"))
+	if err := r.client.List(ctx, list, client.UnsafeDisableDeepCopy); err != nil {
+		return nil
+	}
+	var reqs []reconcile.Request
+	for _, ns := range list.Items {
+		_, asks := ns.Annotations[annotations.FederatesWithAnnotation]
+		if identity.OptedIn(ns.Labels) && (asks || len(r.cfg.Registration.FederatesWith) > 0) {
+			reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Name: ns.Name}})
+		}
+	}
+	return reqs
 }
 
 func (r *Reconciler) event(nsMeta *metav1.PartialObjectMetadata, eventType, reason, format string, args ...any) {

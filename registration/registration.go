@@ -7,30 +7,44 @@
 package registration
 
 import (
+	"context"
 	"fmt"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	spirev1alpha1 "github.com/spiffe/spire-controller-manager/api/v1alpha1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/identity"
 )
 
-// Build returns the ClusterSPIFFEID for namespace ns, with the spec identity.DesiredSpec gives.
-// nsObj, when known, contributes its annotations (per-namespace overrides) and becomes the owner.
-// The object is validated with spire-controller-manager's parser before it is returned.
+// Build returns the ClusterSPIFFEID for namespace ns, with the spec identity.DesiredSpec gives,
+// federating with every trust domain asked for (as the configuration means it; BuildFederating is
+// what the webhook writes). nsObj, when known, contributes its annotations (per-namespace
+// overrides) and becomes the owner. The object is validated with spire-controller-manager's parser
+// before it is returned.
 func Build(cfg *config.Config, ns string, nsObj *corev1.Namespace) (*spirev1alpha1.ClusterSPIFFEID, error) {
+	obj, _, err := BuildFederating(cfg, ns, nsObj, nil)
+	return obj, err
+}
+
+// BuildFederating is Build federating only with the trust domains fed names (identity.Spec.HoldBack);
+// it also returns the ones held back.
+func BuildFederating(cfg *config.Config, ns string, nsObj *corev1.Namespace, fed identity.Federation) (*spirev1alpha1.ClusterSPIFFEID, []string, error) {
 	var nsAnnotations map[string]string
 	if nsObj != nil {
 		nsAnnotations = nsObj.Annotations
 	}
-	spec, err := identity.DesiredSpec(cfg, ns, nsAnnotations)
+	requested, err := identity.DesiredSpec(cfg, ns, nsAnnotations)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	spec, held := requested.HoldBack(fed)
 	obj := &spirev1alpha1.ClusterSPIFFEID{
 		TypeMeta: metav1.TypeMeta{APIVersion: spirev1alpha1.GroupVersion.String(), Kind: "ClusterSPIFFEID"},
 		ObjectMeta: metav1.ObjectMeta{
@@ -58,9 +72,33 @@ func Build(cfg *config.Config, ns string, nsObj *corev1.Namespace) (*spirev1alph
 		}}
 	}
 	if _, err := spirev1alpha1.ParseClusterSPIFFEIDSpec(&obj.Spec); err != nil {
-		return nil, fmt.Errorf("ClusterSPIFFEID %s rejected by spire-controller-manager's parser: %w", obj.Name, err)
+		return nil, nil, fmt.Errorf("ClusterSPIFFEID %s rejected by spire-controller-manager's parser: %w", obj.Name, err)
 	}
-	return obj, nil
+	return obj, held, nil
+}
+
+// Federation reads, from reader (the cache), what spire-controller-manager of className can
+// federate with: the ClusterFederatedTrustDomains of that class (spire-controller-manager's own
+// class rule), by trust domain. With the CRD missing there is nothing to federate with.
+func Federation(ctx context.Context, reader client.Reader, className string) (identity.Federation, error) {
+	var list spirev1alpha1.ClusterFederatedTrustDomainList
+	if err := reader.List(ctx, &list, client.UnsafeDisableDeepCopy); err != nil {
+		if meta.IsNoMatchError(err) {
+			return identity.Federation{}, nil
+		}
+		return nil, fmt.Errorf("listing ClusterFederatedTrustDomains from the cache: %w", err)
+	}
+	fed := identity.Federation{}
+	for i := range list.Items {
+		o := &list.Items[i]
+		if o.Spec.ClassName != className || o.DeletionTimestamp != nil {
+			continue
+		}
+		if td, err := spiffeid.TrustDomainFromString(o.Spec.TrustDomain); err == nil {
+			fed[td.Name()] = fed[td.Name()] || o.Spec.TrustDomainBundle != ""
+		}
+	}
+	return fed, nil
 }
 
 // Parse reads another ClusterSPIFFEID as spire-controller-manager's parser does, for the overlap
@@ -70,15 +108,30 @@ func Parse(o *spirev1alpha1.ClusterSPIFFEID) (*identity.Registration, error) {
 	if err != nil {
 		return nil, err
 	}
+	fed := make([]string, 0, len(parsed.FederatesWith))
+	for _, td := range parsed.FederatesWith {
+		fed = append(fed, td.Name())
+	}
 	return &identity.Registration{
-		Name:              o.Name,
-		ClassName:         o.Spec.ClassName,
-		Fallback:          o.Spec.Fallback,
-		Managed:           identity.IsManaged(o.Labels),
-		Deleting:          o.DeletionTimestamp != nil,
-		SPIFFEID:          parsed.SPIFFEIDTemplate,
-		NamespaceSelector: parsed.NamespaceSelector,
-		PodSelector:       parsed.PodSelector,
+		Name:                 o.Name,
+		ClassName:            o.Spec.ClassName,
+		Created:              o.CreationTimestamp.Time,
+		UID:                  string(o.UID),
+		Fallback:             o.Spec.Fallback,
+		Managed:              identity.IsManaged(o.Labels),
+		Deleting:             o.DeletionTimestamp != nil,
+		SPIFFEID:             parsed.SPIFFEIDTemplate,
+		NamespaceSelector:    parsed.NamespaceSelector,
+		PodSelector:          parsed.PodSelector,
+		TTL:                  parsed.TTL,
+		JWTTTL:               parsed.JWTTTL,
+		FederatesWith:        fed,
+		DNSNameTemplates:     parsed.DNSNameTemplates,
+		AutoPopulateDNSNames: parsed.AutoPopulateDNSNames,
+		Hint:                 parsed.Hint,
+		Admin:                parsed.Admin,
+		Downstream:           parsed.Downstream,
+		WorkloadSelectors:    len(parsed.WorkloadSelectorTemplates),
 	}, nil
 }
 

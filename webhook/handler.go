@@ -45,7 +45,9 @@ const RegistrationTimeout = 3 * time.Second
 // Registrar ensures that the namespace of a pod the webhook wired has its ClusterSPIFFEID
 // (registration.Ensurer). It is the handler's only side effect, skipped on dry runs.
 type Registrar interface {
-	Ensure(ctx context.Context, namespace string, pod *corev1.Pod) error
+	// Ensure returns warnings for the pod's author (what the registration leaves out, or another
+	// registration that masks it), and an error when the registration could not be ensured.
+	Ensure(ctx context.Context, namespace string, pod *corev1.Pod) ([]string, error)
 }
 
 // Handler serves admission reviews for pod creation.
@@ -246,8 +248,11 @@ func (h *Handler) decide(ctx context.Context, log logr.Logger, req *admissionv1.
 	dryRun := req.DryRun != nil && *req.DryRun
 	if h.registrar != nil && !dryRun {
 		rctx, cancel := context.WithTimeout(ctx, RegistrationTimeout)
-		err := h.registrar.Ensure(rctx, req.Namespace, out.Pod)
+		warnings, err := h.registrar.Ensure(rctx, req.Namespace, out.Pod)
 		cancel()
+		for _, w := range warnings {
+			resp.Warnings = append(resp.Warnings, truncate(mutators.WarningPrefix+w, mutators.MaxAdmissionWarning))
+		}
 		if err != nil {
 			return h.registrationFailed(log, req, resp, err)
 		}

@@ -288,18 +288,19 @@ func decodeOps(t *testing.T, patch []byte) []jsonpatch.Operation {
 }
 
 type fakeRegistrar struct {
-	calls []string
-	pods  []*corev1.Pod
-	err   error
+	calls    []string
+	warnings []string
+	pods     []*corev1.Pod
+	err      error
 }
 
-func (f *fakeRegistrar) Ensure(ctx context.Context, ns string, pod *corev1.Pod) error {
+func (f *fakeRegistrar) Ensure(ctx context.Context, ns string, pod *corev1.Pod) ([]string, error) {
 	if _, ok := ctx.Deadline(); !ok {
-		return errors.New("no deadline")
+		return nil, errors.New("no deadline")
 	}
 	f.calls = append(f.calls, ns)
 	f.pods = append(f.pods, pod)
-	return f.err
+	return f.warnings, f.err
 }
 
 func TestRegistrationAtAdmission(t *testing.T) {

@@ -68,6 +68,8 @@ func TestRBACIsExactlyWhatIsUsed(t *testing.T) {
 		{"watch", "spire.spiffe.io", "clusterspiffeids", "", ""}, {"create", "spire.spiffe.io", "clusterspiffeids", "", ""},
 		{"update", "spire.spiffe.io", "clusterspiffeids", "", ""}, {"patch", "spire.spiffe.io", "clusterspiffeids", "", ""},
 		{"delete", "spire.spiffe.io", "clusterspiffeids", "", ""},
+		{"get", "spire.spiffe.io", "clusterfederatedtrustdomains", "", ""}, {"list", "spire.spiffe.io", "clusterfederatedtrustdomains", "", ""},
+		{"watch", "spire.spiffe.io", "clusterfederatedtrustdomains", "", ""},
 		{"get", "", "namespaces", "", ""}, {"list", "", "namespaces", "", ""}, {"watch", "", "namespaces", "", ""},
 		{"list", "", "pods", "", ""}, {"watch", "", "pods", "", ""},
 		{"create", "", "events", "", "default"}, {"patch", "", "events", "", "default"}, {"create", "events.k8s.io", "events", "", "default"},
