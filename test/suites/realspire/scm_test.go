@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
@@ -187,6 +188,75 @@ registration:
 		assert.Equal(t, []string{"partner.example"}, e.FederatesWith)
 	})
 
+	t.Run("federation guard: one unknown trust domain costs a pod its entry, unless the webhook holds it back", func(t *testing.T) {
+		// The harm, with a registration written by hand: SPIRE refuses the entry ("unable to find
+		// federated bundle") and spire-controller-manager only counts it.
+		newNS("e2e-harm", false, nil)
+		harmPod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "cart", Namespace: "e2e-harm", Labels: map[string]string{"harm": "true"}},
+			Spec: corev1.PodSpec{ServiceAccountName: "sa1", NodeName: node.Name, Containers: []corev1.Container{{Name: "app", Image: "quay.io/example/app:1"}}}}
+		require.NoError(t, k8s.Create(ctx, harmPod))
+		harm := &spirev1alpha1.ClusterSPIFFEID{ObjectMeta: metav1.ObjectMeta{Name: "hand-written-typo"}, Spec: spirev1alpha1.ClusterSPIFFEIDSpec{
+			ClassName: config.DefaultClassName, SPIFFEIDTemplate: config.DefaultSPIFFEIDTemplate, FederatesWith: []string{"tyop.example"},
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "e2e-harm"}},
+			PodSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{"harm": "true"}}}}
+		require.NoError(t, k8s.Create(ctx, harm))
+		require.Eventually(t, func() bool {
+			return k8s.Get(ctx, client.ObjectKeyFromObject(harm), harm) == nil && harm.Status.Stats.EntryFailures > 0
+		}, 30*time.Second, 200*time.Millisecond, "spire-controller-manager reports the entry SPIRE refused\n%s", scmLog)
+		e, err := entryFor(harmPod)()
+		require.NoError(t, err)
+		assert.Nil(t, e, "the pod has no entry, so no SVID")
+		assert.Contains(t, scmLog.String(), `unable to find federated bundle \"spiffe://tyop.example\"`)
+
+		// The guard: the namespace asks for a trust domain no ClusterFederatedTrustDomain names
+		// yet. The registration leaves it out, the pod gets its entry, and the author is told.
+		newNS("e2e-guard", true, map[string]string{annotations.FederatesWithAnnotation: "later.example"})
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: "e2e-guard"},
+			Spec: corev1.PodSpec{ServiceAccountName: "api", NodeName: node.Name, Containers: []corev1.Container{{Name: "app", Image: "quay.io/example/app:1"}}}}
+		warnings := createWarned(t, ctx, cp, p)
+		assert.Contains(t, warnings, "spire-mesh-injector: not federating with later.example yet: no ClusterFederatedTrustDomain of the class names it")
+		e = waitEntry(p)
+		assert.Empty(t, e.FederatesWith)
+		ours := &spirev1alpha1.ClusterSPIFFEID{}
+		require.NoError(t, k8s.Get(ctx, client.ObjectKey{Name: identity.Name("e2e-guard")}, ours))
+		assert.Empty(t, ours.Spec.FederatesWith)
+
+		// The partner appears: the reconciler adds it, and SPIRE's entry follows.
+		later := partnerFederation(t)
+		later.Name, later.Spec.TrustDomain = "later-example", "later.example"
+		later.Spec.TrustDomainBundle = bundleOf(t, "later.example")
+		require.NoError(t, k8s.Create(ctx, later))
+		require.Eventually(t, func() bool {
+			e, err := entryFor(p)()
+			return err == nil && e != nil && len(e.FederatesWith) == 1 && e.FederatesWith[0] == "later.example"
+		}, 30*time.Second, 200*time.Millisecond, "the entry federates once the partner is known\n%s", scmLog)
+		require.NoError(t, k8s.Get(ctx, client.ObjectKey{Name: identity.Name("e2e-guard")}, ours))
+		assert.Equal(t, []string{"later.example"}, ours.Spec.FederatesWith)
+		assert.Zero(t, ours.Status.Stats.EntryFailures)
+	})
+
+	t.Run("masking: an older registration with the same SPIFFE ID keeps its spec, and the webhook says so", func(t *testing.T) {
+		newNS("e2e-mask", true, nil)
+		theirs := &spirev1alpha1.ClusterSPIFFEID{ObjectMeta: metav1.ObjectMeta{Name: "hand-written-same-id"}, Spec: spirev1alpha1.ClusterSPIFFEIDSpec{
+			ClassName: config.DefaultClassName, SPIFFEIDTemplate: config.DefaultSPIFFEIDTemplate, TTL: metav1.Duration{Duration: 2 * time.Hour},
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "e2e-mask"}}}}
+		require.NoError(t, k8s.Create(ctx, theirs))
+		// creationTimestamp has one-second resolution: ours must be created in a later second to
+		// be the newer one, as it is when a namespace migrates.
+		time.Sleep(1100 * time.Millisecond)
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: "e2e-mask"},
+			Spec: corev1.PodSpec{ServiceAccountName: "api", NodeName: node.Name, Containers: []corev1.Container{{Name: "app", Image: "quay.io/example/app:1"}}}}
+		warnings := createWarned(t, ctx, cp, p)
+		assert.Contains(t, warnings, "spire-mesh-injector: older ClusterSPIFFEID hand-written-same-id masks this pod's entry (other ttl, jwtTtl, dnsNames)")
+		e := waitEntry(p)
+		assert.Equal(t, 7200, e.X509SVIDTTL, "spire-controller-manager kept the older registration's spec")
+		assert.Empty(t, e.DNSNames)
+		ours := &spirev1alpha1.ClusterSPIFFEID{}
+		require.Eventually(t, func() bool {
+			return k8s.Get(ctx, client.ObjectKey{Name: identity.Name("e2e-mask")}, ours) == nil && ours.Status.Stats.EntriesMasked > 0
+		}, 30*time.Second, 200*time.Millisecond, "ours reports the masked entry\n%s", scmLog)
+	})
+
 	t.Run("pod deleted: entry removed", func(t *testing.T) {
 		waitEntry(pod)
 		require.NoError(t, k8s.Delete(ctx, pod, client.GracePeriodSeconds(0)))
@@ -251,6 +321,41 @@ ignoreNamespaces:
 		Args: []string{"-config", confPath, "-kubeconfig", kubeconfig},
 		Env:  append(os.Environ(), "ENABLE_WEBHOOKS=false"),
 	}).Log
+}
+
+// createWarned creates obj as the control plane's admin and returns the admission warnings the API
+// server relayed with the response.
+func createWarned(t *testing.T, ctx context.Context, cp *controlplane.ControlPlane, obj client.Object) []string {
+	t.Helper()
+	w := &warningList{}
+	cfg := rest.CopyConfig(cp.Config)
+	cfg.WarningHandler = w
+	c, err := client.New(cfg, client.Options{Scheme: registration.Scheme()})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		probe := obj.DeepCopyObject().(client.Object)
+		return c.Create(ctx, probe, client.DryRunAll) == nil && probe.GetLabels()[annotations.InjectedLabel] != ""
+	}, 30*time.Second, 100*time.Millisecond, "the webhook wires %s", obj.GetName())
+	w.list = nil
+	require.NoError(t, c.Create(ctx, obj))
+	return w.list
+}
+
+type warningList struct{ list []string }
+
+func (w *warningList) HandleWarningHeader(_ int, _ string, text string) {
+	w.list = append(w.list, text)
+}
+
+// bundleOf is a SPIFFE bundle for trust domain td, with a CA of its own.
+func bundleOf(t *testing.T, td string) string {
+	t.Helper()
+	b := spiffebundle.New(spiffeid.RequireTrustDomainFromString(td))
+	b.AddX509Authority(certs.NewCA(t, td+" CA").Cert)
+	b.SetRefreshHint(time.Minute)
+	doc, err := b.Marshal()
+	require.NoError(t, err)
+	return string(doc)
 }
 
 // partnerFederation is a ClusterFederatedTrustDomain for partner.example with its initial bundle
