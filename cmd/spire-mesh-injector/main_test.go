@@ -50,7 +50,7 @@ func TestCommands(t *testing.T) {
 		{name: "inject a bad pod", stdin: "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations: {spiffe.io/audience: ''}\nspec: {containers: [{name: a}]}\n",
 			args: []string{"inject", "-f", "-"}, code: 1, stderr: []string{"document 1: Pod/p: metadata.annotation spiffe.io/audience: empty"}, noStdout: true},
 		{name: "inject --diff with changes exits 1", stdin: string(in), args: []string{"inject", "-f", "-", "--diff"}, code: 1,
-			stdout: []string{"--- document 1, as written", "+++ document 1, as the webhook wires it", "+  - name: spiffe-jwt-helper"}},
+			stdout: []string{"--- document 3, as written", "+++ document 3, as the webhook wires it", "+        name: spiffe-jwt-helper"}},
 		{name: "inject --diff without changes exits 0", stdin: "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n", args: []string{"inject", "-f", "-", "--diff"}, code: 0, noStdout: true},
 		{name: "inject reports what it leaves unwired", stdin: optedOut, args: []string{"inject", "-f", "-"}, code: 0,
 			stderr: []string{"document 1: Deployment/d: not wired: the pod template opts out (label spire-injection=disabled)"}, stdout: []string{"kind: Deployment"}},
