@@ -50,18 +50,22 @@ lint:
 	  echo "govulncheck ./..." && $$lint/govulncheck -db file://$$lint/vulndb -format json ./... | $(GO) run ./test/fixtures/tools/vulngate
 
 ## tools: build (or reuse) kube-apiserver, etcd and kubectl, SPIRE, spire-controller-manager, promtool,
-## Istio's injector (test/istio) and the lint tools; prints their folders.
+## Istio's injector (test/istio), the lint tools and the node's components; prints their folders.
 tools:
-	@$(TOOLS) kube && $(TOOLS) spire && $(TOOLS) scm && $(TOOLS) promtool && $(TOOLS) istio && $(TOOLS) lint
+	@$(TOOLS) kube && $(TOOLS) spire && $(TOOLS) scm && $(TOOLS) promtool && $(TOOLS) istio && $(TOOLS) lint && $(TOOLS) node
 
 # unit: go test ./... with every real component built and required (test/README.md maps the
 # suites and the variables each needs), then test/istio, a module of its own.
+# The node suite (a real single-node cluster, as root) runs on its own after the others: it needs
+# the machine to itself for its timings, and one node runs on a machine at a time.
 unit:
 	@kube=$$($(TOOLS) kube) && spire=$$($(TOOLS) spire) && scm=$$($(TOOLS) scm) && promtool=$$($(TOOLS) promtool) && \
-	  istio=$$($(TOOLS) istio) && \
-	  KUBEBUILDER_ASSETS=$$kube SMI_REQUIRE_ENVTEST=1 SPIRE_ASSETS=$$spire SCM_ASSETS=$$scm SMI_REQUIRE_SPIRE=1 \
+	  istio=$$($(TOOLS) istio) && node=$$($(TOOLS) node) && \
+	  export KUBEBUILDER_ASSETS=$$kube SMI_REQUIRE_ENVTEST=1 SPIRE_ASSETS=$$spire SCM_ASSETS=$$scm SMI_REQUIRE_SPIRE=1 \
 	  PROMTOOL_ASSETS=$$promtool SMI_REQUIRE_PROMTOOL=1 ISTIO_ASSETS=$$istio SMI_REQUIRE_ISTIO=1 \
-	  $(GO) test -count=1 -timeout 20m ./...
+	  NODE_ASSETS=$$node SMI_REQUIRE_NODE=1 && \
+	  $(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v '/test/suites/node$$') && \
+	  $(GO) test -count=1 -timeout 45m ./test/suites/node
 	@# Istio's own injector lives in its own module (it pins another controller-runtime): test it too.
 	cd test/istio && $(GO) test -count=1 ./...
 
@@ -129,6 +133,25 @@ bench-scale:
 bench-helper:
 	@mkdir -p bench-results && set -o pipefail && spire=$$($(TOOLS) spire) && \
 	  SPIRE_ASSETS=$$spire $(GO) run ./test/bench/helpercost -out bench-results/helper.json | tee bench-results/$@.bench
+
+# The node's components and where its suite finds them (test/README.md).
+NODE_ENV = kube=$$($(TOOLS) kube) && node=$$($(TOOLS) node) && spire=$$($(TOOLS) spire) && scm=$$($(TOOLS) scm) && \
+  istio=$$($(TOOLS) istio) && export KUBEBUILDER_ASSETS=$$kube NODE_ASSETS=$$node SPIRE_ASSETS=$$spire \
+  SCM_ASSETS=$$scm ISTIO_ASSETS=$$istio
+
+## e2e-node: the node suite alone (test/suites/node, as root, ~20 minutes): a real single-node
+## cluster with SPIRE and the webhook deployed as a user deploys them, identity proven in running
+## pods and through faults; prints its `NODE <figure>: <value> (target <t>) met|missed` lines,
+## kept in bench-results/node-summary.txt (the whole output in bench-results/node.log).
+e2e-node:
+	@mkdir -p bench-results && $(NODE_ENV) && set -o pipefail && \
+	  SMI_REQUIRE_NODE=1 $(GO) test -count=1 -timeout 45m -v ./test/suites/node 2>&1 | tee bench-results/node.log | \
+	  grep -E '^(NODE |node: |--- (PASS|FAIL|SKIP)|FAIL|ok |PASS)'
+
+## node: the same node with everything deployed, left running for you to explore (as root): prints
+## a kubeconfig; Ctrl-C stops it and undoes every change it made to the host (docs/node.md).
+node:
+	@$(NODE_ENV) && $(GO) run ./test/fixtures/node/cmd/smi-node
 
 ## demo: the webhook against a local kube-apiserver and etcd (no cluster needed); KEEP=1 leaves it running.
 demo:
