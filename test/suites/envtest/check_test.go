@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	spirev1alpha1 "github.com/spiffe/spire-controller-manager/api/v1alpha1"
 	"github.com/stretchr/testify/assert"
@@ -40,9 +42,10 @@ import (
 
 var checkCRDs sync.Once
 
-// installCheckCRDs installs the two foreign APIs the check reads without Go types: ZTWIM's
+// installCheckCRDs installs the foreign APIs the check reads without Go types: ZTWIM's
 // ZeroTrustWorkloadIdentityManager (a stand-in CRD with the fields the check reads: ZTWIM's own CRDs
-// are not on the Go module proxy) and Istio's real RequestAuthentication CRD from istio.io/api.
+// are not on the Go module proxy) and Istio's real RequestAuthentication, AuthorizationPolicy and
+// DestinationRule CRDs from istio.io/api.
 func installCheckCRDs(t *testing.T) {
 	t.Helper()
 	checkCRDs.Do(func() {
@@ -56,7 +59,8 @@ func installCheckCRDs(t *testing.T) {
 					Schema: &apiextensionsv1.CustomResourceValidation{OpenAPIV3Schema: &apiextensionsv1.JSONSchemaProps{Type: "object", XPreserveUnknownFields: &preserve}}}},
 			},
 		}
-		crds := []*apiextensionsv1.CustomResourceDefinition{ztwim, istioCRD(t, "requestauthentications.security.istio.io")}
+		crds := []*apiextensionsv1.CustomResourceDefinition{ztwim, istioCRD(t, "requestauthentications.security.istio.io"),
+			istioCRD(t, "authorizationpolicies.security.istio.io"), istioCRD(t, "destinationrules.networking.istio.io")}
 		_, err := ctrlenvtest.InstallCRDs(cp.Config, ctrlenvtest.CRDInstallOptions{CRDs: crds})
 		require.NoError(t, err)
 	})
@@ -109,6 +113,7 @@ func newCheckEnv(t *testing.T) *checkEnv {
 		IstioMeshConfig:    types.NamespacedName{Namespace: e.infra, Name: "istio"},
 		IstioRootNamespace: e.infra,
 		SCMConfigMaps:      []types.NamespacedName{{Namespace: e.infra, Name: "spire-controller-manager"}},
+		AgentConfigMaps:    []types.NamespacedName{{Namespace: e.infra, Name: "spire-agent"}},
 		ZTWIMName:          e.ztwim, OpenShift: &openShift,
 	}
 
@@ -139,7 +144,21 @@ func newCheckEnv(t *testing.T) *checkEnv {
 	createForTest(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio", Namespace: e.infra},
 		Data: map[string]string{"mesh": "trustDomain: example.org\ndefaultConfig:\n  discoveryAddress: istiod.istio-system.svc:15012\n"}})
 	createForTest(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "spire-controller-manager", Namespace: e.infra},
-		Data: map[string]string{"controller-manager-config.yaml": "apiVersion: spire.spiffe.io/v1alpha1\nkind: ControllerManagerConfig\ntrustDomain: example.org\nclusterName: envtest\nclassName: " + config.DefaultClassName + "\n"}})
+		Data: map[string]string{"controller-manager-config.yaml": "apiVersion: spire.spiffe.io/v1alpha1\nkind: ControllerManagerConfig\ntrustDomain: example.org\nclusterName: envtest\nclassName: " + config.DefaultClassName +
+			"\nignoreNamespaces: [kube-system, kube-public, local-path-storage, openshift-*]\n"}})
+	// Istio's default control plane as its chart installs it in its namespace: the injector's
+	// values, istiod (istiod fetches JWKS) and the extra CA it trusts for them.
+	createForTest(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio-sidecar-injector", Namespace: e.infra},
+		Data: map[string]string{"values": `{"global": {"hub": "docker.io/istio", "tag": "1.26.2", "proxy": {"image": "proxyv2"}}}`, "config": "policy: enabled\n"}})
+	createForTest(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "pilot-jwks-extra-cacerts", Namespace: e.infra},
+		Data: map[string]string{"extra.pem": "-----BEGIN CERTIFICATE-----\n"}})
+	selector, template := podTemplate(map[string]string{"app": "istiod"}, corev1.PodSpec{Containers: []corev1.Container{{
+		Name: "discovery", Image: "docker.io/istio/pilot:1.26.2", Env: []corev1.EnvVar{{Name: check.IstioJWKSModeEnv, Value: "false"}}}}})
+	createForTest(t, &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "istiod", Namespace: e.infra},
+		Spec: appsv1.DeploymentSpec{Selector: selector, Template: template}})
+	// The SPIRE agent's configuration as ZTWIM writes it: JSON, no sds block.
+	createForTest(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "spire-agent", Namespace: e.infra},
+		Data: map[string]string{check.AgentConfigKey: `{"agent": {"socket_path": "/tmp/spire-agent/public/spire-agent.sock", "trust_domain": "example.org"}}`}})
 	ztwim := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "operator.openshift.io/v1alpha1", "kind": "ZeroTrustWorkloadIdentityManager",
 		"metadata": map[string]any{"name": e.ztwim},
@@ -151,9 +170,20 @@ func newCheckEnv(t *testing.T) *checkEnv {
 		"metadata": map[string]any{"name": "orders", "namespace": e.ns},
 		"spec": map[string]any{"jwtRules": []any{map[string]any{
 			"issuer": "https://oidc-discovery.example.org", "audiences": []any{"orders"},
+			"jwksUri": "https://spire-spiffe-oidc-discovery-provider." + e.infra + ".svc.cluster.local/keys",
 		}}},
 	}}
 	createForTest(t, ra)
+	// Only the API server runs here: no controller creates the default service account.
+	require.NoError(t, k8s.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default", Namespace: e.ns}}))
+	createForTest(t, authorizationPolicy(e.ns, "reviews", map[string]any{
+		"selector": map[string]any{"matchLabels": map[string]any{"app": "reviews"}},
+		"rules": []any{
+			map[string]any{"from": []any{map[string]any{"source": map[string]any{"principals": []any{"example.org/ns/" + e.ns + "/sa/default"}}}}},
+			map[string]any{"from": []any{map[string]any{"source": map[string]any{"requestPrincipals": []any{"https://oidc-discovery.example.org/*"}}}},
+				"when": []any{map[string]any{"key": "request.auth.claims[sub]", "values": []any{"spiffe://example.org/ns/" + e.ns + "/sa/default"}}}},
+		},
+	}))
 
 	mesh := plainPod(e.ns, "reviews-6b7c9d-x2k4p", map[string]string{"app": "reviews", "pod-template-hash": "6b7c9d"})
 	ownedByReplicaSet(mesh, "reviews-6b7c9d", "rs-uid")
@@ -167,6 +197,15 @@ func newCheckEnv(t *testing.T) *checkEnv {
 	// spire-controller-manager's part, played here: the stats of its last run.
 	e.setStats(t, spirev1alpha1.ClusterSPIFFEIDStats{NamespacesSelected: 1, PodsSelected: 2, EntriesToSet: 2})
 	return e
+}
+
+// authorizationPolicy is an Istio AuthorizationPolicy with spec.
+func authorizationPolicy(ns, name string, spec map[string]any) *unstructured.Unstructured {
+	return &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+		"metadata": map[string]any{"name": name, "namespace": ns},
+		"spec":     spec,
+	}}
 }
 
 func (e *checkEnv) setStats(t *testing.T, stats spirev1alpha1.ClusterSPIFFEIDStats) {
@@ -337,6 +376,74 @@ func TestCheckFindings(t *testing.T) {
 				require.NoError(t, unstructured.SetNestedSlice(o.(*unstructured.Unstructured).Object, rules, "spec", "jwtRules"))
 			})
 		}, check.CheckJWTAudience, check.Warn, `audience "orders"`, nil},
+
+		{"policy principal naming a service account that does not exist", func(t *testing.T, e *checkEnv) {
+			createForTest(t, authorizationPolicy(e.ns, "typo", map[string]any{"rules": []any{
+				map[string]any{"from": []any{map[string]any{"source": map[string]any{"principals": []any{"example.org/ns/" + e.ns + "/sa/defualt"}}}}},
+			}}))
+		}, check.CheckPolicyPrincipals, check.Fail, "service account defualt does not exist in namespace", nil},
+		{"requestPrincipal spelling out a SPIFFE ID", func(t *testing.T, e *checkEnv) {
+			createForTest(t, authorizationPolicy(e.ns, "jwt", map[string]any{"rules": []any{
+				map[string]any{"from": []any{map[string]any{"source": map[string]any{"requestPrincipals": []any{"https://oidc-discovery.example.org/spiffe://example.org/ns/" + e.ns + "/sa/default"}}}}},
+			}}))
+		}, check.CheckPolicyPrincipals, check.Fail, `subject "default"`, nil},
+		{"a workload ALLOW policies select and no rule admits", func(t *testing.T, e *checkEnv) {
+			u := &unstructured.Unstructured{}
+			u.SetAPIVersion("security.istio.io/v1")
+			u.SetKind("AuthorizationPolicy")
+			update(t, u, "reviews", e.ns, func(o client.Object) {
+				unstructured.RemoveNestedField(o.(*unstructured.Unstructured).Object, "spec", "rules")
+			})
+		}, check.CheckPolicyAdmission, check.Warn, "none of their rules can match a request", nil},
+		{"namespace spire-controller-manager's ignoreNamespaces match", func(t *testing.T, e *checkEnv) {
+			entry := regexp.QuoteMeta(strings.TrimPrefix(e.ns, "t-"))
+			update(t, &corev1.ConfigMap{}, "spire-controller-manager", e.infra, func(o client.Object) {
+				cm := o.(*corev1.ConfigMap)
+				cm.Data["controller-manager-config.yaml"] = strings.Replace(cm.Data["controller-manager-config.yaml"], "openshift-*]", "openshift-*, '"+entry+"']", 1)
+			})
+		}, check.CheckSCMIgnore, check.Fail, "ignoreNamespaces entry", []check.ID{check.CheckPolicyPrincipals, check.CheckPolicyAdmission}},
+		{"namespace in Istio's ambient mode", func(t *testing.T, e *checkEnv) {
+			update(t, &corev1.Namespace{}, e.ns, "", func(o client.Object) {
+				l := o.GetLabels()
+				l[check.IstioDataplaneModeLabel] = "ambient"
+				o.SetLabels(l)
+			})
+		}, check.CheckIstioMode, check.Fail, "1 pod(s) in Istio's ambient mode: ratings-0", nil},
+		{"namespace on a revision tag whose mesh config has another trust domain", func(t *testing.T, e *checkEnv) {
+			tag, rev := "prod-"+e.ns, "canary-"+e.ns
+			createForTest(t, &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "istio-revision-tag-" + tag,
+				Labels: map[string]string{check.IstioTagLabel: tag, check.IstioRevLabel: rev}}})
+			createForTest(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio-" + rev, Namespace: e.infra},
+				Data: map[string]string{"mesh": "trustDomain: cluster.local\n"}})
+			createForTest(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio-sidecar-injector-" + rev, Namespace: e.infra},
+				Data: map[string]string{"values": `{"global": {"tag": "1.26.2"}}`}})
+			update(t, &corev1.Namespace{}, e.ns, "", func(o client.Object) {
+				l := o.GetLabels()
+				l[check.IstioRevLabel] = tag
+				o.SetLabels(l)
+			})
+		}, check.CheckTrustDomain, check.Fail, "Istio revision canary-", []check.ID{check.CheckJWKSFetch}},
+		{"Envoy fetches the in-cluster JWKS", func(t *testing.T, e *checkEnv) {
+			update(t, &appsv1.Deployment{}, "istiod", e.infra, func(o client.Object) {
+				o.(*appsv1.Deployment).Spec.Template.Spec.Containers[0].Env[0].Value = "true"
+			})
+		}, check.CheckJWKSFetch, check.Fail, "nothing originates TLS", nil},
+		{"proxy older than the socket file fix", func(t *testing.T, e *checkEnv) {
+			update(t, &corev1.ConfigMap{}, "istio-sidecar-injector", e.infra, func(o client.Object) {
+				o.(*corev1.ConfigMap).Data["values"] = `{"global": {"hub": "registry.redhat.io/openshift-service-mesh", "tag": "1.24.3", "proxy": {"image": "istio-proxyv2-rhel9"}}}`
+			})
+		}, check.CheckProxyVersion, check.Fail, "runs proxy 1.24.3", nil},
+		{"federation under the SPIRE agent's default SDS names", func(t *testing.T, e *checkEnv) {
+			update(t, &corev1.Namespace{}, e.ns, "", func(o client.Object) {
+				o.SetAnnotations(map[string]string{annotations.FederatesWithAnnotation: "partner.example"})
+			})
+		}, check.CheckAgentSDS, check.Fail, "local trust domain's bundle alone", []check.ID{check.CheckRegistration}},
+		{"a Deployment still asking for Istio's spire template", func(t *testing.T, e *checkEnv) {
+			p := plainPod(e.ns, "web-5f6d7c-abcde", map[string]string{"app": "web", "pod-template-hash": "5f6d7c"})
+			ownedByReplicaSet(p, "web-5f6d7c", "rs-web")
+			p.Annotations = map[string]string{check.IstioTemplatesAnnotation: "sidecar,spire"}
+			require.NoError(t, k8s.Create(ctx, p))
+		}, check.CheckIstioSPIRETemplate, check.Warn, "patch deployment/web --type=json", []check.ID{check.CheckRegistrationStatus}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -345,6 +452,69 @@ func TestCheckFindings(t *testing.T) {
 			chkRequire(t, chkRun(t, cp.Config, e.opts), tt.id, tt.want, tt.fragment, tt.also...)
 		})
 	}
+}
+
+// TestCheckPod explains pods on the real API server: a wired mesh pod, and an opted-out pod that
+// mounts the CSI volume itself and gets its identity from ZTWIM's fallback.
+func TestCheckPod(t *testing.T) {
+	ctx := context.Background()
+	e := newCheckEnv(t)
+	// The pods mount the CSI driver the suite's webhook wires them with.
+	e.opts.Config = chkWithYAML(t, e.opts.Config, "csiDriver: "+testConfig.CSIDriver+"\n")
+	createForTest(t, &spirev1alpha1.ClusterSPIFFEID{ObjectMeta: metav1.ObjectMeta{Name: "zero-trust-workload-identity-manager-spire-default"},
+		Spec: spirev1alpha1.ClusterSPIFFEIDSpec{
+			SPIFFEIDTemplate: config.DefaultSPIFFEIDTemplate, ClassName: config.DefaultClassName, Fallback: true, Hint: "default",
+			// ZTWIM's selects every namespace but its own; this one only the test's.
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{corev1.LabelMetadataName: e.ns}},
+		}})
+	out := plainPod(e.ns, "legacy", map[string]string{annotations.InjectionLabel: annotations.InjectionDisabled})
+	out.Spec.Volumes = []corev1.Volume{{Name: "spiffe", VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{Driver: testConfig.CSIDriver, ReadOnly: chkRef(true)}}}}
+	require.NoError(t, k8s.Create(ctx, out))
+	require.Empty(t, out.Annotations[annotations.StatusAnnotation], "the API server never sends an opted-out pod to the webhook")
+
+	c, err := client.New(cp.Config, client.Options{Scheme: registration.Scheme()})
+	require.NoError(t, err)
+	r, err := check.RunPod(ctx, c, e.opts, e.ns, "reviews-6b7c9d-x2k4p")
+	require.NoError(t, err)
+	chkRequire(t, r, check.CheckPodIdentity, check.OK, "gets spiffe://example.org/ns/"+e.ns+"/sa/default from ClusterSPIFFEID "+identity.Name(e.ns)+" (spire-mesh-injector's)")
+	chkRequire(t, r, check.CheckPodPolicies, check.OK, "admitted by ALLOW policies: "+e.ns+"/reviews")
+	chkRequire(t, r, check.CheckPodWiring, check.OK, "wired in mesh mode")
+
+	r, err = check.RunPod(ctx, c, e.opts, e.ns, "legacy")
+	require.NoError(t, err)
+	// spire-controller-manager does not run here: the fallback has no status (pod-entries says so).
+	chkRequire(t, r, check.CheckPodIdentity, check.OK, "from ClusterSPIFFEID zero-trust-workload-identity-manager-spire-default (ZTWIM's fallback)", check.CheckPodEntries)
+	chkRequire(t, r, check.CheckPodWiring, check.OK, "opted out", check.CheckPodEntries)
+}
+
+// TestCheckPodMasked: an older ClusterSPIFFEID of the class gives the mesh pod the same SPIFFE ID
+// as the webhook's registration; spire-controller-manager keeps the older one's entry, and check
+// pod says ours is masked. The creation times are the API server's (one-second resolution: the
+// two are created more than a second apart, or the winner would be drawn by UID).
+func TestCheckPodMasked(t *testing.T) {
+	ctx := context.Background()
+	token := fmt.Sprintf("mask-%d", time.Now().UnixNano())
+	legacy := "legacy-" + token
+	createForTest(t, &spirev1alpha1.ClusterSPIFFEID{ObjectMeta: metav1.ObjectMeta{Name: legacy},
+		Spec: spirev1alpha1.ClusterSPIFFEIDSpec{
+			SPIFFEIDTemplate: config.DefaultSPIFFEIDTemplate, ClassName: config.DefaultClassName,
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"smi-mask": token}},
+			PodSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{"app": "reviews"}},
+		}})
+	time.Sleep(1100 * time.Millisecond)
+	e := newCheckEnv(t)
+	e.opts.Config = chkWithYAML(t, e.opts.Config, "csiDriver: "+testConfig.CSIDriver+"\n")
+	update(t, &corev1.Namespace{}, e.ns, "", func(o client.Object) {
+		l := o.GetLabels()
+		l["smi-mask"] = token
+		o.SetLabels(l)
+	})
+	c, err := client.New(cp.Config, client.Options{Scheme: registration.Scheme()})
+	require.NoError(t, err)
+	r, err := check.RunPod(ctx, c, e.opts, e.ns, "reviews-6b7c9d-x2k4p")
+	require.NoError(t, err)
+	chkRequire(t, r, check.CheckPodEntries, check.Warn, "is masked by ClusterSPIFFEID "+legacy)
+	chkRequire(t, r, check.CheckPodIdentity, check.OK, "from ClusterSPIFFEID "+legacy+" (another registration)", check.CheckPodEntries)
 }
 
 // TestCheckRegistrationRejectedByParser seeds, before the namespace's first pod, an object with
@@ -469,6 +639,17 @@ func TestCheckRBACIsReadOnlyAndSufficient(t *testing.T) {
 	admin, checker := chkRun(t, cp.Config, o), chkRun(t, impersonated, o)
 	assert.Equal(t, admin, checker)
 	for _, f := range checker.Findings {
+		assert.NotContains(t, f.What+f.Why, "forbidden", "%+v", f)
+	}
+	// check pod reads the same, and policies in every namespace.
+	adminClient, err := client.New(cp.Config, client.Options{Scheme: registration.Scheme()})
+	require.NoError(t, err)
+	adminPod, err := check.RunPod(ctx, adminClient, o, ns, "app")
+	require.NoError(t, err)
+	checkerPod, err := check.RunPod(ctx, c, o, ns, "app")
+	require.NoError(t, err)
+	assert.Equal(t, adminPod, checkerPod)
+	for _, f := range checkerPod.Findings {
 		assert.NotContains(t, f.What+f.Why, "forbidden", "%+v", f)
 	}
 	// The suite's webhook is reachable at a URL and its registration exists: the report is about
