@@ -485,6 +485,18 @@ func TestFindings(t *testing.T) {
 			s.Namespaces[0].Namespace.Labels[IstioDataplaneModeLabel] = "ambient"
 			s.Namespaces[0].Pods[1].Labels[IstioDataplaneModeLabel] = "none"
 		}, CheckIstioMode, Warn, "no running pod is captured"},
+		{"a sidecar from no revision of this cluster", func(o *Options, s *Snapshot) {
+			delete(s.Namespaces[0].Namespace.Labels, IstioInjectionLabel)
+			s.IstioRevisions = nil
+		}, CheckIstioMode, OK, "1 pod(s) with a sidecar but no istio.io/rev label"},
+		{"pods of a revision that is not installed", func(o *Options, s *Snapshot) {
+			delete(s.Namespaces[0].Namespace.Labels, IstioInjectionLabel)
+			s.IstioRevisions = nil
+			s.Namespaces[0].Pods[0].Labels[IstioRevLabel] = "stable"
+			// As the collector leaves a revision it looked for and did not find.
+			s.IstioRevisions = map[string]*IstioRevision{"stable": {Name: "stable", Used: []string{"pods in shop"},
+				MeshErr: notFound("istio-stable"), InjectorErr: notFound("istio-sidecar-injector-stable"), IstiodErr: notFound("istiod-stable")}}
+		}, CheckIstioMode, Warn, "revision stable (pods: label istio.io/rev=stable), but neither ConfigMap istio-stable"},
 		{"namespace on a revision tag", func(o *Options, s *Snapshot) {
 			useRevision(s, "canary", "1.27.1")
 		}, CheckIstioMode, OK, "revision canary (namespace label istio.io/rev=prod, tag prod of revision canary)"},

@@ -96,7 +96,7 @@ func (e *evaluator) istioMode(nd *NamespaceData) []Finding {
 	nsLabels := nd.Namespace.Labels
 	nsAmbient := nsLabels[IstioDataplaneModeLabel] == "ambient"
 	var ambient, sidecars []string
-	live := 0
+	live, unlabelled := 0, 0
 	used := map[string][]string{}
 	if rev, via := namespaceRevision(nsLabels, e.s.IstioTags); rev != "" {
 		used[rev] = append(used[rev], "namespace "+via)
@@ -112,12 +112,12 @@ func (e *evaluator) istioMode(nd *NamespaceData) []Finding {
 		}
 		if e.hasSidecar(p) {
 			sidecars = append(sidecars, p.Name)
-			rev, via, ok := podRevision(p.Labels, e.s.IstioTags)
-			if !ok {
-				rev, via = DefaultRevision, "no "+IstioRevLabel+" label"
-			}
-			if !slices.Contains(used[rev], "pods: "+via) {
+			// Istio's injector labels every pod it injects with its revision; a sidecar without
+			// the label came from elsewhere (istioctl kube-inject, a manifest): no revision to read.
+			if rev, via, ok := podRevision(p.Labels, e.s.IstioTags); ok && !slices.Contains(used[rev], "pods: "+via) {
 				used[rev] = append(used[rev], "pods: "+via)
+			} else if !ok {
+				unlabelled++
 			}
 		}
 	}
@@ -158,6 +158,9 @@ func (e *evaluator) istioMode(nd *NamespaceData) []Finding {
 	}
 	if len(out) > 0 {
 		return out
+	}
+	if unlabelled > 0 {
+		parts = append(parts, fmt.Sprintf("%d pod(s) with a sidecar but no %s label (not injected by an Istio webhook of this cluster)", unlabelled, IstioRevLabel))
 	}
 	what := "sidecar mode: " + strings.Join(parts, "; ")
 	if len(parts) == 0 {
