@@ -2,6 +2,7 @@ package jwthelper
 
 import (
 	"context"
+	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
@@ -29,8 +30,7 @@ func (h *Helper) extAuthzServer() *grpc.Server {
 
 // Check implements envoy.service.auth.v3.Authorization.
 func (e *extAuthz) Check(_ context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
-	headers := req.GetAttributes().GetRequest().GetHttp().GetHeaders()
-	if headers["authorization"] != "" {
+	if hasAuthorization(req.GetAttributes().GetRequest().GetHttp()) {
 		e.h.metrics.extAuthz.WithLabelValues("kept-existing").Inc()
 		return &authv3.CheckResponse{Status: &status.Status{Code: int32(codes.OK)}, HttpResponse: &authv3.CheckResponse_OkResponse{OkResponse: &authv3.OkHttpResponse{}}}, nil
 	}
@@ -55,4 +55,22 @@ func (e *extAuthz) Check(_ context.Context, req *authv3.CheckRequest) (*authv3.C
 			}},
 		}},
 	}, nil
+}
+
+// hasAuthorization says whether the request carries a non-empty Authorization header. Envoy sends
+// the headers in `headers`, keys lower-cased, or, when the filter sets encode_raw_headers, in
+// `header_map` with the value in raw_value; header names are case-insensitive whoever sends them.
+// Missing one would overwrite the application's own credentials.
+func hasAuthorization(req *authv3.AttributeContext_HttpRequest) bool {
+	for k, v := range req.GetHeaders() {
+		if v != "" && strings.EqualFold(k, "authorization") {
+			return true
+		}
+	}
+	for _, hv := range req.GetHeaderMap().GetHeaders() {
+		if strings.EqualFold(hv.GetKey(), "authorization") && (hv.GetValue() != "" || len(hv.GetRawValue()) > 0) {
+			return true
+		}
+	}
+	return false
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"golang.org/x/sync/errgroup"
 
@@ -41,9 +42,12 @@ type Helper struct {
 	metrics *metrics
 	now     func() time.Time
 
-	mu     sync.RWMutex
-	tokens map[string]token
-	td     spiffeid.TrustDomain
+	mu          sync.RWMutex
+	tokens      map[string]token
+	withdrawals map[string]*time.Timer // each token's withdrawal at its usable time
+	td          spiffeid.TrustDomain
+	// files serializes, per audience, writing a token file with withdrawing it.
+	files map[string]*sync.Mutex
 
 	bundles atomic.Pointer[jwtbundle.Set]
 	alive   atomic.Int32 // refresh loops running
@@ -63,7 +67,10 @@ func New(o Options) (*Helper, error) {
 	if o.FetchTimeout == 0 {
 		o.FetchTimeout = 10 * time.Second
 	}
-	h := &Helper{opts: o, log: o.Log, now: time.Now, tokens: map[string]token{}}
+	h := &Helper{opts: o, log: o.Log, now: time.Now, tokens: map[string]token{}, withdrawals: map[string]*time.Timer{}, files: map[string]*sync.Mutex{}}
+	for _, a := range o.Audiences {
+		h.files[a] = &sync.Mutex{}
+	}
 	h.metrics = newMetrics(o.Registry, h)
 	return h, nil
 }
@@ -131,11 +138,14 @@ func (h *Helper) Run(ctx context.Context) error {
 		}
 		return err
 	})
+	fetch := func(ctx context.Context, audience string) (*jwtsvid.SVID, error) {
+		return client.FetchJWTSVID(ctx, jwtsvid.Params{Audience: audience})
+	}
 	for _, a := range h.opts.Audiences {
 		g.Go(func() error {
 			h.alive.Add(1)
 			defer h.alive.Add(-1)
-			h.refreshLoop(ctx, client, a)
+			h.refreshLoop(ctx, fetch, a)
 			return nil
 		})
 	}
