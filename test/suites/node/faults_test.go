@@ -217,10 +217,22 @@ func webhookPIDs(t *testing.T, p corev1.Pod) []int {
 // creation fails or goes unwired.
 func TestWebhookReplicaKilledDuringPodChurn(t *testing.T) {
 	ns := newNamespace(t, "node-kill", true)
-	pods, err := k8s.CoreV1().Pods(node.WebhookNamespace).List(context.Background(), metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=spire-mesh-injector"})
-	require.NoError(t, err)
-	require.Len(t, pods.Items, 2, "two replicas")
-	victim := pods.Items[0]
+	require.NoError(t, cluster.Rollout(context.Background(), node.WebhookNamespace, "deployment/spire-mesh-injector", 2*time.Minute))
+	var running []corev1.Pod
+	require.NoError(t, proc.Poll(context.Background(), time.Minute, 500*time.Millisecond, "two webhook replicas, none terminating", func(ctx context.Context) (bool, error) {
+		pods, err := k8s.CoreV1().Pods(node.WebhookNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=spire-mesh-injector"})
+		if err != nil {
+			return false, err
+		}
+		running = running[:0]
+		for _, p := range pods.Items {
+			if p.DeletionTimestamp == nil && ready(&p) {
+				running = append(running, p)
+			}
+		}
+		return len(running) == 2 && len(pods.Items) == 2, nil
+	}))
+	victim := running[0]
 	pids := webhookPIDs(t, victim)
 	require.Len(t, pids, 1, "the webhook process of %s", victim.Name)
 	failed, unwired, errs := churn(t, ns, 40, 250*time.Millisecond, func() {

@@ -38,7 +38,12 @@ import (
 var (
 	cluster *node.Node
 	k8s     kubernetes.Interface
+	// istioDeployed says Istio's injector is in the admission chain (ISTIO_ASSETS was set).
+	istioDeployed bool
 )
+
+// requireNode says a missing component is a failure rather than a skip (make test sets it).
+func requireNode() bool { return os.Getenv("SMI_REQUIRE_NODE") != "" }
 
 func TestMain(m *testing.M) { os.Exit(run(m)) }
 
@@ -58,7 +63,16 @@ func run(m *testing.M) int {
 		fmt.Println(err)
 		return 1
 	}
-	if os.Geteuid() != 0 && os.Getenv("SMI_REQUIRE_NODE") == "" {
+	istio, err := tools.Dir("ISTIO_ASSETS", "istio", "istio-injector")
+	if err != nil && requireNode() {
+		fmt.Println(err)
+		return 1
+	}
+	istioDeployed = err == nil
+	if !istioDeployed {
+		istio = ""
+	}
+	if os.Geteuid() != 0 && !requireNode() {
 		fmt.Println("SKIP: the node suite needs root (containerd, the kubelet, iptables, mounts)")
 		return 0
 	}
@@ -76,7 +90,7 @@ func run(m *testing.M) int {
 		}
 	}()
 	k8s = cluster.Client
-	if err := cluster.DeployAll(ctx, node.ImageAssets{SPIRE: spire, SCM: scm, Node: assets.Node}); err != nil {
+	if err := cluster.DeployAll(ctx, node.ImageAssets{SPIRE: spire, SCM: scm, Node: assets.Node, Istio: istio}); err != nil {
 		fmt.Println(err)
 		for _, c := range []string{"kubelet", "containerd", "kube-apiserver"} {
 			fmt.Printf("--- %s log ---\n%s\n", c, cluster.LogTail(c))
