@@ -9,7 +9,6 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-	"text/template"
 
 	spirev1alpha1 "github.com/spiffe/spire-controller-manager/api/v1alpha1"
 	"github.com/stretchr/testify/assert"
@@ -896,21 +895,5 @@ func TestParseAgentConfig(t *testing.T) {
 			assert.Equal(t, tt.allBundles, a.allBundlesName())
 			assert.Equal(t, "default", a.svidName())
 		})
-	}
-}
-
-func TestTemplateReadsOnlyNamespaceAndSA(t *testing.T) {
-	for tmpl, want := range map[string]bool{
-		config.DefaultSPIFFEIDTemplate: true,
-		"spiffe://{{ .TrustDomain }}/{{ .ClusterName }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}": true,
-		"spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/pod/{{ .PodMeta.Name }}":                                 false,
-		`spiffe://{{ .TrustDomain }}/app/{{ index .PodMeta.Labels "app" }}`:                                               false,
-		"spiffe://{{ .TrustDomain }}/node/{{ .NodeMeta.Name }}":                                                           false,
-		"spiffe://{{ .TrustDomain }}/{{ if .PodSpec.ServiceAccountName }}sa{{ end }}":                                     true,
-		"spiffe://{{ $.TrustDomain }}/x":                                                                                  false,
-	} {
-		parsed, err := template.New("t").Parse(tmpl)
-		require.NoError(t, err)
-		assert.Equal(t, want, templateReadsOnlyNamespaceAndSA(parsed), tmpl)
 	}
 }

@@ -1,14 +1,9 @@
 package check
 
 import (
-	"fmt"
 	"regexp"
 	"slices"
-	"strings"
-	"text/template"
-	"text/template/parse"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	spirev1alpha1 "github.com/spiffe/spire-controller-manager/api/v1alpha1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -92,7 +87,7 @@ func (e *evaluator) universe() *idUniverse {
 	}
 
 	// Ours.
-	if e.cfg.SPIFFEIDUsesNode() || !templateReadsOnlyNamespaceAndSA(e.cfg.SPIFFEIDTemplate()) {
+	if !identity.ReadsOnlyNamespaceAndSA(e.cfg.SPIFFEIDTemplate()) {
 		u.open = append(u.open, "spire-mesh-injector's registrations (registration.spiffeIDTemplate reads other pod or node fields)")
 	} else {
 		for _, ns := range e.s.AllNamespaces {
@@ -116,7 +111,7 @@ func (e *evaluator) universe() *idUniverse {
 			if r.parsed.Managed || r.parsed.Fallback != pass {
 				continue
 			}
-			if !templateReadsOnlyNamespaceAndSA(r.parsed.SPIFFEID) {
+			if !identity.ReadsOnlyNamespaceAndSA(r.parsed.SPIFFEID) {
 				u.open = append(u.open, "ClusterSPIFFEID "+r.obj.Name+" (its spiffeIDTemplate reads other pod or node fields)")
 				continue
 			}
@@ -133,7 +128,7 @@ func (e *evaluator) universe() *idUniverse {
 					if pass && covered[key] {
 						continue
 					}
-					id, err := e.renderEntryID(r.parsed.SPIFFEID, probePod(ns.Name, sa))
+					id, err := identity.EntryID(r.parsed.SPIFFEID, e.cfg, probePod(ns.Name, sa))
 					if err != nil {
 						continue
 					}
@@ -175,23 +170,6 @@ func (e *evaluator) reconciledRegistrations() []reconciledReg {
 	return out
 }
 
-// renderEntryID renders a registration's SPIFFE ID for pod and validates it as
-// spire-controller-manager validates the entry it renders: a SPIFFE ID in its trust domain.
-func (e *evaluator) renderEntryID(t *template.Template, pod *corev1.Pod) (string, error) {
-	s, err := identity.Render(t, e.cfg, pod)
-	if err != nil {
-		return "", err
-	}
-	id, err := spiffeid.FromString(s)
-	if err != nil {
-		return "", fmt.Errorf("renders %q, which is not a SPIFFE ID: %v", s, err)
-	}
-	if id.TrustDomain().Name() != e.cfg.TrustDomain {
-		return "", fmt.Errorf("renders %q, outside trust domain %s", s, e.cfg.TrustDomain)
-	}
-	return id.String(), nil
-}
-
 // probePod stands for any pod of service account sa in namespace ns.
 func probePod(ns, sa string) *corev1.Pod {
 	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns}, Spec: corev1.PodSpec{ServiceAccountName: sa}}
@@ -206,70 +184,6 @@ func sortedKeys(m map[string]bool) []string {
 	}
 	slices.Sort(out)
 	return out
-}
-
-// namespaceAndSAFields are the template fields a SPIFFE ID may read and still be known for every
-// pod of a service account.
-var namespaceAndSAFields = map[string]bool{
-	"TrustDomain": true, "ClusterName": true, "ClusterDomain": true,
-	"PodMeta.Namespace": true, "PodSpec.ServiceAccountName": true,
-}
-
-// templateReadsOnlyNamespaceAndSA reports whether t reads nothing but namespaceAndSAFields, so
-// that rendering it for a namespace and service account gives the ID of every such pod. Anything
-// it cannot follow (variables, the whole data, chained fields) counts as reading more.
-// Local to check: identity could own this judgement next to Render.
-func templateReadsOnlyNamespaceAndSA(t *template.Template) bool {
-	if t == nil || t.Tree == nil {
-		return false
-	}
-	ok := true
-	var walk func(n parse.Node)
-	walk = func(n parse.Node) {
-		if n == nil || !ok {
-			return
-		}
-		switch n := n.(type) {
-		case *parse.ListNode:
-			if n == nil {
-				return
-			}
-			for _, c := range n.Nodes {
-				walk(c)
-			}
-		case *parse.ActionNode:
-			walk(n.Pipe)
-		case *parse.PipeNode:
-			if n == nil {
-				return
-			}
-			if len(n.Decl) > 0 {
-				ok = false
-			}
-			for _, c := range n.Cmds {
-				walk(c)
-			}
-		case *parse.CommandNode:
-			for _, a := range n.Args {
-				walk(a)
-			}
-		case *parse.FieldNode:
-			if !namespaceAndSAFields[strings.Join(n.Ident, ".")] {
-				ok = false
-			}
-		case *parse.IfNode:
-			walk(n.Pipe)
-			walk(n.List)
-			walk(n.ElseList)
-		case *parse.RangeNode, *parse.WithNode, *parse.TemplateNode, *parse.VariableNode, *parse.DotNode, *parse.ChainNode:
-			ok = false
-		case *parse.TextNode, *parse.StringNode, *parse.NumberNode, *parse.BoolNode, *parse.NilNode, *parse.IdentifierNode, *parse.CommentNode:
-		default:
-			ok = false
-		}
-	}
-	walk(t.Tree.Root)
-	return ok
 }
 
 // ignoreRule is spire-controller-manager's ignoreNamespaces, as far as the check knows.
@@ -319,93 +233,42 @@ func (r ignoreRule) match(ns string) string {
 	return ""
 }
 
-// podEntry is one SPIRE entry spire-controller-manager renders for a pod from one registration.
+// podEntry is one entry spire-controller-manager makes for a pod (identity.Entries), with the
+// registration it comes from.
 type podEntry struct {
-	reg      *spirev1alpha1.ClusterSPIFFEID
-	fallback bool
-	// id is the rendered SPIFFE ID ("" when it depends on the node, see nodeDependent).
-	id            string
-	nodeDependent bool
-	// renderErr is set when spire-controller-manager cannot render the entry (it counts a
-	// podEntryRenderFailure and the pod stays open to fallbacks).
-	renderErr error
-	// maskedBy names the registration whose entry wins for the same SPIFFE ID, parent and
-	// selectors: this registration's entry (its federatesWith, DNS names, TTLs) is dropped.
-	maskedBy string
+	identity.Entry
+	reg *spirev1alpha1.ClusterSPIFFEID
 }
 
-// podEntries applies spire-controller-manager's rules to one pod: every registration of a
-// reconciled class that selects it renders an entry; fallbacks only when no non-fallback
-// registration rendered one; entries with the same SPIFFE ID and selectors are one, from the
-// preferred registration. ignoredBy is the ignoreNamespaces entry that leaves the namespace without
-// entries.
+// maskedBy names the registration whose entry wins for the same key, or "".
+func (pe podEntry) maskedBy() string {
+	if pe.MaskedBy == nil {
+		return ""
+	}
+	return pe.MaskedBy.Name
+}
+
+// podEntries applies spire-controller-manager's rules to one pod (identity.Entries) over the
+// registrations of the classes it reconciles. ignoredBy is the ignoreNamespaces entry that leaves
+// the namespace without entries.
 func (e *evaluator) podEntries(pod *corev1.Pod, nsLabels labels.Set) (entries, failures []podEntry, ignoredBy string) {
 	if ignoredBy = e.ignoreRule().match(pod.Namespace); ignoredBy != "" {
 		return nil, nil, ignoredBy
 	}
 	regs := e.reconciledRegistrations()
-	served := false
-	for _, pass := range []bool{false, true} {
-		if pass && served {
-			break
-		}
-		for _, r := range regs {
-			if r.parsed.Fallback != pass {
-				continue
-			}
-			if !selects(r.parsed.NamespaceSelector, nsLabels) || !selects(r.parsed.PodSelector, labels.Set(pod.Labels)) {
-				continue
-			}
-			pe := podEntry{reg: r.obj, fallback: pass}
-			// The node is not in the snapshot; ".Node" is how config judges the same of ours.
-			if strings.Contains(r.obj.Spec.SPIFFEIDTemplate, ".Node") {
-				pe.nodeDependent = true
-			} else if pe.id, pe.renderErr = e.renderEntryID(r.parsed.SPIFFEID, pod); pe.renderErr != nil {
-				failures = append(failures, pe)
-				continue
-			}
-			entries = append(entries, pe)
-			served = served || !pass
-		}
+	parsed := make([]*identity.Registration, len(regs))
+	objs := make(map[*identity.Registration]*spirev1alpha1.ClusterSPIFFEID, len(regs))
+	for i, r := range regs {
+		parsed[i], objs[r.parsed] = r.parsed, r.obj
 	}
-	markMasked(entries)
+	es, fs := identity.Entries(e.cfg, pod, nsLabels, parsed)
+	for _, x := range es {
+		entries = append(entries, podEntry{Entry: x, reg: objs[x.Registration]})
+	}
+	for _, x := range fs {
+		failures = append(failures, podEntry{Entry: x, reg: objs[x.Registration]})
+	}
 	return entries, failures, ""
-}
-
-// markMasked marks, among entries with the same SPIFFE ID and workload selector templates (the
-// same entry key: parent and pod UID are the pod's), all but the one spire-controller-manager
-// keeps. Local to check until identity's overlap rule reports masking.
-func markMasked(entries []podEntry) {
-	for i := range entries {
-		for j := range entries {
-			a, b := &entries[i], &entries[j]
-			if i == j || a.id == "" || a.id != b.id || !slices.Equal(a.reg.Spec.WorkloadSelectorTemplates, b.reg.Spec.WorkloadSelectorTemplates) {
-				continue
-			}
-			if scmPrefers(b.reg, a.reg) {
-				a.maskedBy = b.reg.Name
-			}
-		}
-	}
-}
-
-// scmPrefers reports whether spire-controller-manager keeps a's entry over b's for the same key
-// (pkg/spireentry objectCmp): the older object, then the one not being deleted (or deleted
-// later), then the lower UID. Local to check until identity's overlap rule reports masking.
-func scmPrefers(a, b *spirev1alpha1.ClusterSPIFFEID) bool {
-	if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
-		return a.CreationTimestamp.Before(&b.CreationTimestamp)
-	}
-	ad, bd := a.DeletionTimestamp, b.DeletionTimestamp
-	switch {
-	case ad == nil && bd != nil:
-		return true
-	case ad != nil && bd == nil:
-		return false
-	case ad != nil && bd != nil && !ad.Equal(bd):
-		return bd.Before(ad)
-	}
-	return a.UID < b.UID
 }
 
 // describeIssuer names a registration for the report.

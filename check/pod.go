@@ -149,19 +149,19 @@ func (e *evaluator) podIdentity(nd *NamespaceData, p *corev1.Pod) ([]Finding, []
 	var served []podEntry
 	var notes []string
 	for _, pe := range entries {
-		if pe.maskedBy != "" {
+		if pe.maskedBy() != "" {
 			continue
 		}
 		served = append(served, pe)
-		if pe.id != "" && !slices.Contains(ids, pe.id) {
-			ids = append(ids, pe.id)
+		if pe.ID != "" && !slices.Contains(ids, pe.ID) {
+			ids = append(ids, pe.ID)
 		}
 	}
 	if p.Spec.NodeName == "" {
 		notes = append(notes, "the pod is not scheduled yet: spire-controller-manager renders its entries once it is")
 	}
 	for _, f := range failures {
-		notes = append(notes, fmt.Sprintf("%s selects it but cannot render an entry: %v", describeIssuer(f.reg, f.fallback), f.renderErr))
+		notes = append(notes, fmt.Sprintf("%s selects it but cannot render an entry: %v", describeIssuer(f.reg, f.Registration.Fallback), f.Err))
 	}
 	mounts := e.hasCSIVolume(p)
 	switch {
@@ -175,21 +175,21 @@ func (e *evaluator) podIdentity(nd *NamespaceData, p *corev1.Pod) ([]Finding, []
 	case len(ids) > 1:
 		var from []string
 		for _, pe := range served {
-			from = append(from, fmt.Sprintf("%s from %s", pe.id, describeIssuer(pe.reg, pe.fallback)))
+			from = append(from, fmt.Sprintf("%s from %s", pe.ID, describeIssuer(pe.reg, pe.Registration.Fallback)))
 		}
 		out = append(out, e.finding(Fail, CheckPodIdentity, ns, obj, fmt.Sprintf("pod %s gets %d SPIFFE IDs: %s", p.Name, len(ids), strings.Join(from, "; ")),
 			"SPIRE delivers every entry; Istio's SDS default (and go-spiffe's default SVID) is the one with the lowest entry ID, which is random per pod",
 			"give the other registration fallback: true, or narrow its selectors (see the overlap finding of check -n "+ns+")"))
 	default:
 		pe := served[0]
-		id := pe.id
-		if pe.nodeDependent {
+		id := pe.ID
+		if pe.NodeDependent {
 			id = "(an ID that depends on its node)"
 		}
-		what := fmt.Sprintf("pod %s gets %s from %s", p.Name, id, describeIssuer(pe.reg, pe.fallback))
+		what := fmt.Sprintf("pod %s gets %s from %s", p.Name, id, describeIssuer(pe.reg, pe.Registration.Fallback))
 		st, why, fix := OK, strings.Join(notes, "; "), ""
 		if raw, ok := p.Annotations[annotations.StatusAnnotation]; ok {
-			if s, err := annotations.ParseStatus(raw); err == nil && s.SPIFFEID != "" && pe.id != "" && s.SPIFFEID != pe.id {
+			if s, err := annotations.ParseStatus(raw); err == nil && s.SPIFFEID != "" && pe.ID != "" && s.SPIFFEID != pe.ID {
 				st, why = Warn, fmt.Sprintf("its status annotation says %s (wired under another configuration, or another registration wins)", s.SPIFFEID)
 				fix = "compare the registrations: kubectl get clusterspiffeid -o custom-columns=NAME:.metadata.name,CLASS:.spec.className,FALLBACK:.spec.fallback,TEMPLATE:.spec.spiffeIDTemplate"
 			}
@@ -212,19 +212,19 @@ func (e *evaluator) podEntryStatus(ns, obj string, entries, failures []podEntry)
 	var oks []string
 	for _, pe := range entries {
 		reg := "ClusterSPIFFEID/" + pe.reg.Name
-		if pe.maskedBy != "" {
-			out = append(out, e.finding(Warn, CheckPodEntries, ns, reg, fmt.Sprintf("%s's entry for this pod is masked by ClusterSPIFFEID %s (same SPIFFE ID %s, older)", describeIssuer(pe.reg, pe.fallback), pe.maskedBy, pe.id),
-				"spire-controller-manager keeps one entry per SPIFFE ID, parent and selectors, from the oldest registration: "+pe.maskedBy+"'s federatesWith, DNS names and TTLs apply, "+pe.reg.Name+"'s are dropped (it counts entriesMasked)",
-				"give "+pe.maskedBy+" the same spec, or delete it if it is a leftover"))
+		if pe.maskedBy() != "" {
+			out = append(out, e.finding(Warn, CheckPodEntries, ns, reg, fmt.Sprintf("%s's entry for this pod is masked by ClusterSPIFFEID %s (same SPIFFE ID %s, older)", describeIssuer(pe.reg, pe.Registration.Fallback), pe.maskedBy(), pe.ID),
+				"spire-controller-manager keeps one entry per SPIFFE ID, parent and selectors, from the oldest registration: "+pe.maskedBy()+"'s federatesWith, DNS names and TTLs apply, "+pe.reg.Name+"'s are dropped (it counts entriesMasked)",
+				"give "+pe.maskedBy()+" the same spec, or delete it if it is a leftover"))
 			continue
 		}
 		st := pe.reg.Status.Stats
 		switch {
 		case st == (spirev1alpha1.ClusterSPIFFEIDStats{}):
-			out = append(out, e.finding(Warn, CheckPodEntries, ns, reg, fmt.Sprintf("%s has no status from spire-controller-manager", describeIssuer(pe.reg, pe.fallback)),
+			out = append(out, e.finding(Warn, CheckPodEntries, ns, reg, fmt.Sprintf("%s has no status from spire-controller-manager", describeIssuer(pe.reg, pe.Registration.Fallback)),
 				"it has not reconciled it (yet): it is not running, or it ignores the class", seeSCM))
 		case st.EntryFailures > 0:
-			out = append(out, e.finding(Fail, CheckPodEntries, ns, reg, fmt.Sprintf("%s reports entryFailures %d", describeIssuer(pe.reg, pe.fallback), st.EntryFailures),
+			out = append(out, e.finding(Fail, CheckPodEntries, ns, reg, fmt.Sprintf("%s reports entryFailures %d", describeIssuer(pe.reg, pe.Registration.Fallback), st.EntryFailures),
 				"the SPIRE server refused some of its entries (this pod's may be one): for example a federatesWith trust domain it holds no bundle for. The pod keeps no SVID, and a fallback does not step in",
 				seeSCM))
 		default:
@@ -232,7 +232,7 @@ func (e *evaluator) podEntryStatus(ns, obj string, entries, failures []podEntry)
 		}
 	}
 	for _, f := range failures {
-		out = append(out, e.finding(Fail, CheckPodEntries, ns, "ClusterSPIFFEID/"+f.reg.Name, fmt.Sprintf("%s cannot render an entry for the pod: %v", describeIssuer(f.reg, f.fallback), f.renderErr),
+		out = append(out, e.finding(Fail, CheckPodEntries, ns, "ClusterSPIFFEID/"+f.reg.Name, fmt.Sprintf("%s cannot render an entry for the pod: %v", describeIssuer(f.reg, f.Registration.Fallback), f.Err),
 			"spire-controller-manager counts a podEntryRenderFailure and creates nothing from it", "correct its spiffeIDTemplate"))
 	}
 	if len(out) == 0 && len(oks) > 0 {

@@ -100,7 +100,6 @@ type Config struct {
 
 	// Derived at validation, never read from the file.
 	spiffeIDTemplate *template.Template
-	spiffeIDUsesNode bool
 	version          string
 }
 
@@ -278,9 +277,6 @@ func (c *Config) Version() string { return c.version }
 
 // SPIFFEIDTemplate is the parsed registration SPIFFE ID template.
 func (c *Config) SPIFFEIDTemplate() *template.Template { return c.spiffeIDTemplate }
-
-// SPIFFEIDUsesNode reports whether the SPIFFE ID depends on the node, which is unknown at admission.
-func (c *Config) SPIFFEIDUsesNode() bool { return c.spiffeIDUsesNode }
 
 // WorkloadSocketURI is the SPIFFE_ENDPOINT_SOCKET value for a socket volume mounted at mountPath.
 func (c *Config) WorkloadSocketURI(mountPath string) string {

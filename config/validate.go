@@ -147,7 +147,6 @@ func (c *Config) validateRegistration(rp *field.Path) field.ErrorList {
 		return errs
 	}
 	c.spiffeIDTemplate = t
-	c.spiffeIDUsesNode = strings.Contains(r.SPIFFEIDTemplate, ".Node")
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 	"text/template"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -104,7 +105,7 @@ func TestCompetes(t *testing.T) {
 		"the same ID":                {Registration{SPIFFEID: same}, nil},
 		"a fallback":                 {Registration{SPIFFEID: other, Fallback: true}, nil},
 		"ours":                       {Registration{SPIFFEID: other, Managed: true}, nil},
-		"being deleted":              {Registration{SPIFFEID: other, Deleting: true}, nil},
+		"being deleted":              {Registration{SPIFFEID: other, Deleted: time.Unix(1, 0)}, nil},
 		"pod selector not matched":   {Registration{SPIFFEID: other, PodSelector: sel(map[string]string{"app": "db"})}, nil},
 		"pod selector matched":       {Registration{SPIFFEID: other, PodSelector: sel(map[string]string{"app": "web"})}, &Competitor{Theirs: "spiffe://example.org/x/p", Ours: "spiffe://example.org/ns/shop/sa/web"}},
 		"namespace not matched":      {Registration{SPIFFEID: other, NamespaceSelector: sel(map[string]string{"team": "b"})}, nil},

@@ -24,8 +24,10 @@ type Registration struct {
 	Fallback bool
 	// Managed registrations are the webhook's own.
 	Managed bool
-	// Deleting registrations (deletionTimestamp set) no longer count.
-	Deleting bool
+	// Deleted is its deletionTimestamp (zero when it is not being deleted). A registration being
+	// deleted no longer competes or masks (it is about to go), but until it goes
+	// spire-controller-manager still makes its entries, preferring those deleted later.
+	Deleted time.Time
 	// SPIFFEID is the parsed SPIFFE ID template.
 	SPIFFEID *template.Template
 	// NamespaceSelector and PodSelector are nil when the registration selects every one.
@@ -38,10 +40,13 @@ type Registration struct {
 	AutoPopulateDNSNames bool
 	Hint                 string
 	Admin, Downstream    bool
-	// WorkloadSelectors counts its workloadSelectorTemplates: they add selectors to its entries,
-	// which then never share a key with ours.
-	WorkloadSelectors int
+	// WorkloadSelectors are its workloadSelectorTemplates: they add selectors to its entries, which
+	// then share a key only with a registration's that adds the same.
+	WorkloadSelectors []string
 }
+
+// Deleting reports whether r is being deleted.
+func (r *Registration) Deleting() bool { return !r.Deleted.IsZero() }
 
 // selects reports whether r selects pod, in a namespace whose labels nsLabels returns (called
 // only when r has a namespace selector).
@@ -78,7 +83,7 @@ type Competitor struct {
 // spire-controller-manager reconciles r's class at all is the caller's judgement. pod must carry
 // its namespace.
 func (r *Registration) Competes(cfg *config.Config, pod *corev1.Pod, nsLabels func() (labels.Set, error)) (*Competitor, error) {
-	if r.Managed || r.Fallback || r.Deleting {
+	if r.Managed || r.Fallback || r.Deleting() {
 		return nil, nil
 	}
 	if ok, err := r.selects(pod, nsLabels); err != nil || !ok {
@@ -127,7 +132,7 @@ type Masking struct {
 // registration's (zero when it does not exist yet: it will be the newer). pod must carry its
 // namespace.
 func (r *Registration) Masks(cfg *config.Config, pod *corev1.Pod, nsLabels func() (labels.Set, error), ours Spec, oursCreated time.Time, oursUID string) (*Masking, error) {
-	if r.Managed || r.Fallback || r.Deleting || r.WorkloadSelectors > 0 {
+	if r.Managed || r.Fallback || r.Deleting() || len(r.WorkloadSelectors) > 0 {
 		return nil, nil
 	}
 	if ok, err := r.selects(pod, nsLabels); err != nil || !ok {
@@ -167,8 +172,7 @@ func (r *Registration) Masks(cfg *config.Config, pod *corev1.Pod, nsLabels func(
 	if len(fields) == 0 {
 		return nil, nil
 	}
-	theirsWins := oursCreated.IsZero() || r.Created.Truncate(time.Second).Before(oursCreated.Truncate(time.Second)) ||
-		(r.Created.Truncate(time.Second).Equal(oursCreated.Truncate(time.Second)) && r.UID < oursUID)
+	theirsWins := oursCreated.IsZero() || Prefers(r, &Registration{Created: oursCreated, UID: oursUID})
 	return &Masking{Fields: fields, TheirsWins: theirsWins}, nil
 }
 

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"text/template"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -53,21 +52,14 @@ func Render(t *template.Template, cfg *config.Config, pod *corev1.Pod) (string, 
 // registration, validated as it validates it. It is "" when the configured template depends on the
 // node, which is unknown before scheduling. pod must carry its namespace.
 func SPIFFEID(cfg *config.Config, pod *corev1.Pod) (string, error) {
-	if cfg.SPIFFEIDUsesNode() {
+	if ReadsNode(cfg.SPIFFEIDTemplate()) {
 		return "", nil
 	}
-	s, err := Render(cfg.SPIFFEIDTemplate(), cfg, pod)
+	id, err := EntryID(cfg.SPIFFEIDTemplate(), cfg, pod)
 	if err != nil {
-		return "", fmt.Errorf("registration.spiffeIDTemplate cannot be rendered for this pod: %v", err)
+		return "", fmt.Errorf("for this pod, registration.spiffeIDTemplate %v", err)
 	}
-	id, err := spiffeid.FromString(s)
-	if err != nil {
-		return "", fmt.Errorf("registration.spiffeIDTemplate renders %q for this pod, which is not a valid SPIFFE ID: %v", s, err)
-	}
-	if id.TrustDomain().Name() != cfg.TrustDomain {
-		return "", fmt.Errorf("registration.spiffeIDTemplate renders %q for this pod, outside trust domain %s", s, cfg.TrustDomain)
-	}
-	return id.String(), nil
+	return id, nil
 }
 
 // InNamespace returns pod as seen in namespace ns: pods created by a controller carry no namespace

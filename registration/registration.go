@@ -9,6 +9,8 @@ package registration
 import (
 	"context"
 	"fmt"
+	"slices"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	spirev1alpha1 "github.com/spiffe/spire-controller-manager/api/v1alpha1"
@@ -119,7 +121,7 @@ func Parse(o *spirev1alpha1.ClusterSPIFFEID) (*identity.Registration, error) {
 		UID:                  string(o.UID),
 		Fallback:             o.Spec.Fallback,
 		Managed:              identity.IsManaged(o.Labels),
-		Deleting:             o.DeletionTimestamp != nil,
+		Deleted:              deleted(o.DeletionTimestamp),
 		SPIFFEID:             parsed.SPIFFEIDTemplate,
 		NamespaceSelector:    parsed.NamespaceSelector,
 		PodSelector:          parsed.PodSelector,
@@ -131,8 +133,15 @@ func Parse(o *spirev1alpha1.ClusterSPIFFEID) (*identity.Registration, error) {
 		Hint:                 parsed.Hint,
 		Admin:                parsed.Admin,
 		Downstream:           parsed.Downstream,
-		WorkloadSelectors:    len(parsed.WorkloadSelectorTemplates),
+		WorkloadSelectors:    slices.Clone(o.Spec.WorkloadSelectorTemplates),
 	}, nil
+}
+
+func deleted(t *metav1.Time) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return t.Time
 }
 
 // Scheme knows the core types and spire-controller-manager's: what the server, the check command
