@@ -27,8 +27,8 @@ func TestTemplateReads(t *testing.T) {
 		"spiffe://x/{{ with .NodeMeta }}{{ .Name }}{{ end }}":                                                             {false, true},
 		"spiffe://x/{{ with .PodMeta }}{{ .Namespace }}{{ end }}":                                                         {false, false},
 		"spiffe://x/{{ $n := .PodMeta.Namespace }}{{ $n }}":                                                               {false, false},
-		"spiffe://x/{{ . }}":                                                                                              {false, false},
-		"spiffe://x/{{ (.PodMeta).Namespace }}":                                                                           {false, false},
+		"spiffe://x/{{ . }}":                    {false, false},
+		"spiffe://x/{{ (.PodMeta).Namespace }}": {false, false},
 		// ".Node" in text is not a read.
 		"spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/x.Node": {true, false},
 	} {
