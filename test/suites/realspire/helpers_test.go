@@ -32,14 +32,23 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/spire"
 )
 
-// requireRoot skips tests that must act as the kubelet (mounts) or run a workload as another
-// user: both need root, which CI and this suite's machines have.
+// requireRoot is for tests that must act as the kubelet (mounts) or run a workload as another
+// user: both need root. Without root such a test skips, unless SMI_REQUIRE_SPIRE says the suite
+// must run (make test sets it): then it fails and says why, so that CI cannot pass by skipping.
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: it runs a workload under its own UID (the unix workload attestor's selector) or bind-mounts like the kubelet")
+	if os.Geteuid() == 0 {
+		return
 	}
+	const why = "needs root: it runs a workload under its own UID (the unix workload attestor's selector) or bind-mounts like the kubelet"
+	if os.Getenv(requireEnv) != "" {
+		t.Fatalf("%s, and %s is set: run the suite as root", why, requireEnv)
+	}
+	t.Skip(why)
 }
+
+// requireEnv makes the suite's tests fail, rather than skip, when they cannot run.
+const requireEnv = "SMI_REQUIRE_SPIRE"
 
 var (
 	buildOnce sync.Once

@@ -2,12 +2,14 @@ package realspire
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -141,7 +143,13 @@ func TestJWTHelperAgainstRealSPIRE(t *testing.T) {
 		t.Logf("MEASURE spiffe-jwt-helper RSS with 2 audiences, ext_authz on: %.1f MiB", float64(mem.RSS)/(1<<20))
 	}
 
-	t.Run("agent down: last valid tokens kept, then withdrawn; back: refreshed", func(t *testing.T) {
+	t.Run("agent down: last valid tokens kept, then withdrawn before expiry; back: refreshed", func(t *testing.T) {
+		// A reader, and Envoy through ext_authz, read the tokens throughout the outage: from the
+		// moment the agent stops until it is back, none may be expired.
+		conn, err := grpc.NewClient("127.0.0.1:"+strconv.Itoa(extAuthzPort), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		require.NoError(t, err)
+		defer conn.Close()
+		reader := startTokenReader(out, audiences, agentBundles, authv3.NewAuthorizationClient(conn))
 		agent.Stop()
 		restarted := false
 		defer func() {
@@ -167,9 +175,19 @@ func TestJWTHelperAgainstRealSPIRE(t *testing.T) {
 		}, 2*jwtTTL*time.Second, 100*time.Millisecond, "every token withdrawn before it expired")
 		assert.Equal(t, 200, status("/healthz"), "alive while waiting for the agent")
 		assert.Greater(t, metricValue(t, base, `spiffe_jwt_helper_fetch_errors_total{audience="payments"}`), 0.0)
+		// Stay down until past the expiry of every token read, so that one left behind (or put back)
+		// would be read expired.
+		time.Sleep(time.Until(reader.latestExpiry().Add(time.Second)))
 
 		require.NoError(t, agent.Start(context.Background()))
 		restarted = true
+		r := reader.stop()
+		t.Logf("during the outage: %d token reads, %d ext_authz checks; %d reads found no token (withdrawn); least time left on a token read: %s",
+			r.tokens, r.checks, r.missing, r.leastLeft)
+		assert.Zero(t, r.nExpired, "expired tokens read during the outage; the first: %q", r.expired)
+		assert.Positive(t, r.tokens, "tokens were read before they were withdrawn")
+		assert.Positive(t, r.missing, "and found withdrawn")
+		assert.Positive(t, r.refused, "ext_authz refused without a valid token")
 		require.Eventually(t, func() bool { return status("/ready") == 200 }, 60*time.Second, 100*time.Millisecond, "refresh resumes")
 		for _, aud := range audiences {
 			_, err := validate(aud)
@@ -177,6 +195,108 @@ func TestJWTHelperAgainstRealSPIRE(t *testing.T) {
 		}
 		assert.Greater(t, metricValue(t, base, `spiffe_jwt_helper_token_expiry_seconds{audience="payments"}`), 0.0)
 	})
+}
+
+// tokenReader reads the helper's token files, and asks its ext_authz for a token, every 25 ms,
+// and records every token it is given that has expired when read.
+type tokenReader struct {
+	done   chan struct{}
+	result chan readerResult
+	mu     sync.Mutex
+	latest time.Time
+}
+
+type readerResult struct {
+	tokens, checks, missing, refused int
+	leastLeft                        time.Duration
+	// expired are the first few expired (or invalid) tokens read, and how many there were.
+	expired  []string
+	nExpired int
+}
+
+func (r *readerResult) expire(what string) {
+	if r.nExpired++; len(r.expired) < 5 {
+		r.expired = append(r.expired, what)
+	}
+}
+
+func startTokenReader(dir string, audiences []string, bundles *jwtbundle.Set, extAuthz authv3.AuthorizationClient) *tokenReader {
+	r := &tokenReader{done: make(chan struct{}), result: make(chan readerResult, 1)}
+	go func() {
+		res := readerResult{leastLeft: time.Hour}
+		defer func() { r.result <- res }()
+		seen := func(svid *jwtsvid.SVID, read time.Time, where string) {
+			left := svid.Expiry.Sub(read)
+			res.leastLeft = min(res.leastLeft, left)
+			if left <= 0 {
+				res.expire(fmt.Sprintf("%s: exp %s, read at %s", where, svid.Expiry.Format(time.RFC3339), read.Format(time.RFC3339Nano)))
+			}
+			r.mu.Lock()
+			if svid.Expiry.After(r.latest) {
+				r.latest = svid.Expiry
+			}
+			r.mu.Unlock()
+		}
+		for {
+			select {
+			case <-r.done:
+				return
+			case <-time.After(25 * time.Millisecond):
+			}
+			for _, aud := range audiences {
+				raw, err := os.ReadFile(filepath.Join(dir, contract.TokenFileName(aud)))
+				read := time.Now()
+				if err != nil {
+					res.missing++
+					continue
+				}
+				// ParseAndValidate allows go-jose's default minute of leeway on exp: expiry is
+				// checked here against the time of the read, with none.
+				svid, err := jwtsvid.ParseAndValidate(strings.TrimSpace(string(raw)), bundles, []string{aud})
+				if err != nil {
+					res.expire(fmt.Sprintf("%s: not a valid token: %v", aud, err))
+					continue
+				}
+				res.tokens++
+				seen(svid, read, aud+".jwt")
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			resp, err := extAuthz.Check(ctx, &authv3.CheckRequest{Attributes: &authv3.AttributeContext{
+				Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{Method: "GET", Path: "/orders", Host: "orders.shop.svc"}},
+			}})
+			read := time.Now()
+			cancel()
+			if err != nil {
+				continue
+			}
+			res.checks++
+			hs := resp.GetOkResponse().GetHeaders()
+			if len(hs) == 0 {
+				res.refused++
+				continue
+			}
+			tok, _ := strings.CutPrefix(hs[0].GetHeader().GetValue(), "Bearer ")
+			svid, err := jwtsvid.ParseAndValidate(tok, bundles, []string{"payments"})
+			if err != nil {
+				res.expire(fmt.Sprintf("ext_authz: not a valid token: %v", err))
+				continue
+			}
+			seen(svid, read, "ext_authz")
+		}
+	}()
+	return r
+}
+
+// latestExpiry is the latest expiry of any token read so far.
+func (r *tokenReader) latestExpiry() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.latest
+}
+
+func (r *tokenReader) stop() readerResult {
+	close(r.done)
+	return <-r.result
 }
 
 func agentJWTBundles(t *testing.T) *jwtbundle.Set {

@@ -32,7 +32,7 @@ func TestMain(m *testing.M) { os.Exit(run(m)) }
 func run(m *testing.M) int {
 	var err error
 	assets, err = spire.Assets()
-	if tools.SkipSuite(err, "SMI_REQUIRE_SPIRE", "the real-SPIRE suite needs SPIRE binaries") {
+	if tools.SkipSuite(err, requireEnv, "the real-SPIRE suite needs SPIRE binaries") {
 		return 0
 	}
 	if err != nil {

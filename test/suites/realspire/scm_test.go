@@ -131,6 +131,36 @@ registration:
 		return e
 	}
 
+	// settled waits until spire-controller-manager has completed a reconcile pass that saw every
+	// pod and ClusterSPIFFEID created so far: it creates a sentinel pod and a ClusterSPIFFEID of
+	// ZTWIM's class selecting only that pod, and waits for the controller's own signal, the
+	// status it writes at the end of each pass (after creating and deleting entries): the sentinel
+	// selected, its entry created. Its cache receives the pods, and the ClusterSPIFFEIDs, in the
+	// order they were created, so that pass saw everything created before the sentinels. What it
+	// did not give an entry then, it never will.
+	newNS("e2e-sentinel", false, nil)
+	sentinels := 0
+	settled := func(t *testing.T) {
+		t.Helper()
+		sentinels++
+		name := fmt.Sprintf("sentinel-%d", sentinels)
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "e2e-sentinel", Labels: map[string]string{"sentinel": name}},
+			Spec: corev1.PodSpec{ServiceAccountName: "sentinel", NodeName: node.Name, Containers: []corev1.Container{{Name: "app", Image: "quay.io/example/app:1"}}}}
+		require.NoError(t, k8s.Create(ctx, p))
+		csid := &spirev1alpha1.ClusterSPIFFEID{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: spirev1alpha1.ClusterSPIFFEIDSpec{
+			ClassName: config.DefaultClassName, SPIFFEIDTemplate: "spiffe://{{ .TrustDomain }}/sentinel/{{ .PodMeta.Name }}",
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "e2e-sentinel"}},
+			PodSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{"sentinel": name}}}}
+		require.NoError(t, k8s.Create(ctx, csid))
+		require.Eventually(t, func() bool {
+			return k8s.Get(ctx, client.ObjectKeyFromObject(csid), csid) == nil &&
+				csid.Status.Stats.PodsSelected == 1 && csid.Status.Stats.EntriesToSet == 1 && csid.Status.Stats.EntryFailures == 0
+		}, 30*time.Second, 100*time.Millisecond, "spire-controller-manager reconciled %s\n%s", name, scmLog)
+		e, err := entryFor(p)()
+		require.NoError(t, err)
+		require.NotNil(t, e, "the sentinel's entry exists once its status says so")
+	}
+
 	newNS("e2e-shop", true, nil)
 	pod := newPod("e2e-shop", "cart", "sa1")
 
@@ -147,7 +177,7 @@ registration:
 	t.Run("a namespace that is not opted in: no entry from our registration", func(t *testing.T) {
 		newNS("e2e-plain", false, nil)
 		p := newPod("e2e-plain", "cart", "sa1")
-		time.Sleep(3 * time.Second)
+		settled(t)
 		e, err := entryFor(p)()
 		require.NoError(t, err)
 		assert.Nil(t, e)
@@ -164,7 +194,7 @@ registration:
 		wrong.Name = "hand-written-wrongclass"
 		wrong.Spec.ClassName = "spire-mesh-injector-docs-example"
 		require.NoError(t, k8s.Create(ctx, wrong))
-		time.Sleep(5 * time.Second)
+		settled(t)
 		e, err := entryFor(p)()
 		require.NoError(t, err)
 		assert.Nil(t, e, "no entry")
@@ -283,7 +313,7 @@ registration:
 
 // scmBinary is spire-controller-manager built by `test/fixtures/tools/build.sh scm` (SCM_ASSETS).
 func scmBinary(t *testing.T) string {
-	return filepath.Join(tools.Require(t, "SMI_REQUIRE_SPIRE", "SCM_ASSETS", "scm", "spire-controller-manager"), "spire-controller-manager")
+	return filepath.Join(tools.Require(t, requireEnv, "SCM_ASSETS", "scm", "spire-controller-manager"), "spire-controller-manager")
 }
 
 // startSCM runs spire-controller-manager, configured as ZTWIM configures it, against the control
