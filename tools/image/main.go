@@ -284,8 +284,7 @@ func (s *Spec) layer() (v1.Layer, error) {
 		data []byte
 	}
 	entries := map[string]*entry{}
-	var addDirs func(p string)
-	addDirs = func(p string) {
+	addDirs := func(p string) {
 		for d := path.Dir(p); d != "/" && d != "."; d = path.Dir(d) {
 			name := strings.TrimPrefix(d, "/") + "/"
 			if _, ok := entries[name]; !ok {

@@ -188,12 +188,6 @@ func waitStatus(t *testing.T, p *corev1.Pod, what string, timeout time.Duration,
 	return st
 }
 
-// podLogs is a container's log, as `kubectl logs` reads it through the kubelet.
-func podLogs(ctx context.Context, ns, name, container string) (string, error) {
-	b, err := k8s.CoreV1().Pods(ns).GetLogs(name, &corev1.PodLogOptions{Container: container}).DoRaw(ctx)
-	return string(b), err
-}
-
 // percentile is the p-th percentile (nearest rank) of ds.
 func percentile(ds []time.Duration, p float64) time.Duration {
 	if len(ds) == 0 {
