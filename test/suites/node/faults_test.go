@@ -59,6 +59,7 @@ func TestSPIREAgentRestart(t *testing.T) {
 	kubectl(t, "-n", node.SPIRENamespace, "delete", "pod", "-l", "app.kubernetes.io/name=spire-agent", "--wait=true")
 	require.NoError(t, cluster.Rollout(context.Background(), node.SPIRENamespace, "daemonset/spire-agent", 3*time.Minute))
 	waitRotated(t, m, before, 1, 2*svidTTL)
+	waitStatus(t, before.client, "20 more calls", time.Minute, func(st workloads.Status) bool { return st.OK >= before.clientSt.OK+20 })
 	m.since(t, "SPIRE agent restart", before)
 }
 
