@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -230,3 +231,36 @@ func waitNamespaceWarning(t *testing.T, ns, reason string) {
 		return false
 	})
 }
+
+// callCounter records the path of every API request a server makes (watches included): what a
+// test needs to see which resources a replica asks for. It counts nothing: the API server counts
+// requests (apicalls_test.go's countRequestsOf).
+type callCounter struct {
+	mu    sync.Mutex
+	paths []string
+}
+
+// sawPath says whether the server requested a path containing s.
+func (c *callCounter) sawPath(s string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, p := range c.paths {
+		if strings.Contains(p, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *callCounter) wrap(rt http.RoundTripper) http.RoundTripper {
+	return roundTripper(func(r *http.Request) (*http.Response, error) {
+		c.mu.Lock()
+		c.paths = append(c.paths, r.URL.Path)
+		c.mu.Unlock()
+		return rt.RoundTrip(r)
+	})
+}
+
+type roundTripper func(*http.Request) (*http.Response, error)
+
+func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

@@ -24,6 +24,7 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/preview"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/istiocompat"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/proc"
+	"github.com/spire-mesh-injector/spire-mesh-injector/webhook"
 )
 
 // orderLabel selects which of the two registrations of Istio's webhook handles a pod.
@@ -98,6 +99,7 @@ func TestIstiosRealWebhookInEitherOrder(t *testing.T) {
 	// With the JWT helper too: Istio rewrites the probes of containers it finds (for pilot-agent to
 	// forward), so the helper's probes must come out the same whichever webhook runs first.
 	items = append(items, istiocompat.Item{Name: "8-jwt-audiences", Doc: []byte(jwtDeployment)})
+	require.Contains(t, jwtDeployment, annotations.AudienceAnnotation+":", "the JWT case asks for JWT-SVIDs")
 
 	ns := namespace(t, true, nil)
 	eventually(t, "both registrations of Istio's webhook active", func() bool {
@@ -115,7 +117,9 @@ func TestIstiosRealWebhookInEitherOrder(t *testing.T) {
 			t.Run(fmt.Sprintf("%s/%s", it.Name, map[bool]string{false: "classic", true: "native"}[native]), func(t *testing.T) {
 				w, err := istiocompat.Decode(it.Doc)
 				require.NoError(t, err)
-				create := func(order string, optOut bool) *corev1.Pod {
+				// create creates the pod in order and returns it as stored, with the decisions our
+				// webhook (the suite's server) logged for it meanwhile.
+				create := func(order string, optOut bool) (*corev1.Pod, []admission) {
 					t.Helper()
 					pod, err := w.Pod(ns)
 					require.NoError(t, err)
@@ -139,16 +143,25 @@ func TestIstiosRealWebhookInEitherOrder(t *testing.T) {
 						pod.Labels[annotations.InjectionLabel] = annotations.InjectionDisabled
 						opts = append(opts, client.DryRunAll)
 					}
+					// The webhook logs the pod by name, or by generateName before the API server
+					// has made the name.
+					key := pod.Name
+					if key == "" {
+						key = pod.GenerateName + "*"
+					}
+					logged := suiteAdmissions.len()
 					require.NoError(t, k8s.Create(ctx, pod, opts...))
+					calls := suiteAdmissions.since(logged, ns, key)
 					if pod.Name != "" && !optOut {
 						// No kubelet: an unscheduled pod is deleted at once.
 						require.NoError(t, k8s.Delete(ctx, pod.DeepCopy()))
 					}
-					return pod
+					return pod, calls
 				}
 				stored := map[string]*corev1.Pod{}
+				calls := map[string][]admission{}
 				for _, order := range []string{"before", "after"} {
-					stored[order] = create(order, false)
+					stored[order], calls[order] = create(order, false)
 				}
 				a, b := stored["before"], stored["after"]
 				_, meshed := a.Annotations["sidecar.istio.io/status"]
@@ -159,12 +172,37 @@ func TestIstiosRealWebhookInEitherOrder(t *testing.T) {
 				} else {
 					require.Equal(t, string(annotations.ModeWorkload), a.Labels[annotations.InjectedLabel], "no proxy: a plain workload")
 				}
+				// Both orders happened, as our webhook saw them: Istio first, it is called once, on a
+				// pod with Istio's proxy; ours first, it is called on the pod without a proxy (and
+				// wires it as a plain workload, or waits for Istio in a gateway's placeholder), then
+				// again once Istio has added it (reinvocationPolicy IfNeeded).
+				first := calls["before"]
+				require.Len(t, first, 1, "Istio first: our webhook is called once: %+v", first)
+				ours := calls["after"]
+				require.NotEmpty(t, ours, "ours first: our webhook was not called")
+				if meshed {
+					assert.Equal(t, admission{Namespace: ns, Pod: first[0].Pod, Decision: webhook.ResultMutated, Mode: string(annotations.ModeMesh)}, first[0], "Istio first: wired in a mesh")
+					require.Len(t, ours, 2, "ours first: called before Istio and again after it: %+v", ours)
+					beforeIstio := ours[0].Decision == webhook.ResultMutated && ours[0].Mode == string(annotations.ModeWorkload) ||
+						ours[0].Decision == webhook.ResultSkipped && ours[0].Reason == string(annotations.SkipAwaitingIstio)
+					assert.True(t, beforeIstio, "ours first: the first call sees no proxy yet: %+v", ours[0])
+					assert.Equal(t, webhook.ResultMutated, ours[1].Decision, "ours first: rewired after Istio: %+v", ours[1])
+					assert.Equal(t, string(annotations.ModeMesh), ours[1].Mode, "ours first: rewired after Istio: %+v", ours[1])
+				} else {
+					assert.Equal(t, webhook.ResultMutated, first[0].Decision)
+					assert.Equal(t, string(annotations.ModeWorkload), first[0].Mode)
+					assert.Equal(t, webhook.ResultMutated, ours[0].Decision)
+					assert.Equal(t, string(annotations.ModeWorkload), ours[0].Mode)
+				}
 				assert.Empty(t, cmp.Diff(comparable(a), comparable(b)), "stored pods differ between the two orders (-Istio first +ours first)")
-				for _, c := range append(a.Spec.InitContainers, a.Spec.Containers...) {
-					if c.Name == mutators.JWTHelperContainer {
-						// Envoy's inbound listener would refuse the kubelet's plain probe under STRICT mTLS.
-						assert.Equal(t, "/app-health/"+c.Name+"/readyz", c.ReadinessProbe.HTTPGet.Path, "the helper is probed through pilot-agent")
-					}
+				if _, jwt := a.Annotations[annotations.AudienceAnnotation]; jwt {
+					helper, _, _ := mutators.FindContainer(a, mutators.JWTHelperContainer)
+					require.NotNil(t, helper, "the pod asks for JWT-SVIDs: the helper is there")
+					require.True(t, meshed, "the JWT case is a mesh pod")
+					// Envoy's inbound listener would refuse the kubelet's plain probe under STRICT mTLS.
+					require.NotNil(t, helper.ReadinessProbe, "the helper has a readiness probe")
+					require.NotNil(t, helper.ReadinessProbe.HTTPGet, "the helper has an HTTP readiness probe")
+					assert.Equal(t, "/app-health/"+helper.Name+"/readyz", helper.ReadinessProbe.HTTPGet.Path, "the helper is probed through pilot-agent")
 				}
 				for _, v := range b.Spec.Volumes {
 					if meshed {
@@ -174,7 +212,7 @@ func TestIstiosRealWebhookInEitherOrder(t *testing.T) {
 
 				// The CLI on what Istio's webhook alone stores (the same pod, opted out of ours, not
 				// persisted) gives the pod both webhooks store.
-				alone := create("before", true)
+				alone, _ := create("before", true)
 				require.Empty(t, alone.Labels[annotations.InjectedLabel], "our webhook must not run for an opted-out pod")
 				delete(alone.Labels, annotations.InjectionLabel)
 				alone.APIVersion, alone.Kind = "v1", "Pod" // the typed client drops them

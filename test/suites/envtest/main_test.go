@@ -11,10 +11,13 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	"go.uber.org/zap/zapcore"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -28,6 +31,9 @@ import (
 )
 
 var (
+	// suiteAdmissions are the admission decisions of the suite's server, as it logs them.
+	suiteAdmissions = &admissionLog{}
+
 	cp         *controlplane.ControlPlane
 	k8s        client.Client
 	suiteSrv   *controlplane.Server
@@ -75,7 +81,7 @@ func run(m *testing.M) int {
 		RestConfig: cp.Config, Host: cp.Host, Port: cp.Port, CertDir: cp.CertDir,
 		MetricsAddr:    "127.0.0.1:" + strconv.Itoa(metrics),
 		LeaderElection: true, LeaderElectionNamespace: leaseNamespace,
-		Log: zap.New(zap.WriteTo(os.Stderr), zap.Level(zapLevel())),
+		Log: logr.New(&recordingSink{sink: zap.New(zap.WriteTo(os.Stderr), zap.Level(zapLevel())).GetSink(), rec: suiteAdmissions}),
 	})
 	if err != nil {
 		fmt.Println("server:", err)
@@ -112,4 +118,86 @@ func zapLevel() zapcore.Level {
 		return zapcore.DebugLevel
 	}
 	return zapcore.ErrorLevel
+}
+
+// admissionLog holds the admission decisions one server logged: its handler logs one line per
+// decision ("wired", "already wired", "skipped", ...) with the request's namespace, the pod and the
+// decision. The suite reads it to tell what its own server did, apart from any replica in the
+// process (their metrics share one registry).
+type admissionLog struct {
+	mu      sync.Mutex
+	entries []admission
+}
+
+// admission is one decision of the webhook: Pod is the pod's name, or its generateName and "*"
+// (a controller's pod has no name yet when it is admitted).
+type admission struct {
+	Namespace, Pod, Decision, Mode, Reason string
+}
+
+// since returns the decisions logged after the first n, for pod in namespace ns.
+func (l *admissionLog) since(n int, ns, pod string) []admission {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []admission
+	for _, a := range l.entries[min(n, len(l.entries)):] {
+		if a.Namespace == ns && a.Pod == pod {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// len is how many decisions have been logged.
+func (l *admissionLog) len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.entries)
+}
+
+// recordingSink passes a server's log on to sink, at sink's level, and records in rec every
+// admission decision it logs, at any level.
+type recordingSink struct {
+	sink   logr.LogSink
+	rec    *admissionLog
+	values []any
+}
+
+func (s *recordingSink) Init(info logr.RuntimeInfo) { s.sink.Init(info) }
+
+// Enabled is true at every level, so that the decisions logged at V(1) reach Info.
+func (s *recordingSink) Enabled(int) bool { return true }
+
+func (s *recordingSink) Info(level int, msg string, kv ...any) {
+	all := append(slices.Clip(s.values), kv...)
+	if decision := logValue(all, "decision"); decision != "" {
+		s.rec.mu.Lock()
+		s.rec.entries = append(s.rec.entries, admission{Namespace: logValue(all, "namespace"), Pod: logValue(all, "pod"),
+			Decision: decision, Mode: logValue(all, "mode"), Reason: logValue(all, "reason")})
+		s.rec.mu.Unlock()
+	}
+	if s.sink.Enabled(level) {
+		s.sink.Info(level, msg, kv...)
+	}
+}
+
+func (s *recordingSink) Error(err error, msg string, kv ...any) { s.sink.Error(err, msg, kv...) }
+
+func (s *recordingSink) WithValues(kv ...any) logr.LogSink {
+	return &recordingSink{sink: s.sink.WithValues(kv...), rec: s.rec, values: append(slices.Clip(s.values), kv...)}
+}
+
+func (s *recordingSink) WithName(name string) logr.LogSink {
+	return &recordingSink{sink: s.sink.WithName(name), rec: s.rec, values: s.values}
+}
+
+// logValue is the last value of key in a logr key/value list, as text.
+func logValue(kv []any, key string) string {
+	v := ""
+	for i := 0; i+1 < len(kv); i += 2 {
+		if k, ok := kv[i].(string); ok && k == key {
+			v = fmt.Sprint(kv[i+1])
+		}
+	}
+	return v
 }

@@ -2,7 +2,13 @@ package envtest
 
 import (
 	"context"
+	"crypto/tls"
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"math/rand/v2"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -10,6 +16,8 @@ import (
 	spirev1alpha1 "github.com/spiffe/spire-controller-manager/api/v1alpha1"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	admissionv1 "k8s.io/api/admission/v1"
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -27,10 +35,20 @@ import (
 
 func TestPodInOptedInNamespaceIsWiredAndRegistered(t *testing.T) {
 	ctx := context.Background()
+	federationPartners(t, "partner.example")
 	ns := namespace(t, true, map[string]string{annotations.FederatesWithAnnotation: "partner.example"})
+	probe := startRegistrationProbe(t, ns)
 	pod := plainPod(ns, "app", nil)
 	pod.Spec.ServiceAccountName = "sa1"
 	require.NoError(t, k8s.Create(ctx, pod))
+
+	// Its namespace's ClusterSPIFFEID existed before the pod was stored: the API server calls
+	// validating webhooks after every mutating one and before it stores the object, and the
+	// probe found the registration on the API server then.
+	seen := probe.sawPod("app")
+	require.NotNil(t, seen, "the validating probe was called for the pod")
+	assert.True(t, seen.wired, "the probe saw the pod wired by our webhook")
+	assert.True(t, seen.registered, "the registration exists when admission of the pod completes: %s", seen.err)
 
 	// The pod as the API server stored it.
 	stored := &corev1.Pod{}
@@ -45,7 +63,7 @@ func TestPodInOptedInNamespaceIsWiredAndRegistered(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, fmt.Sprintf("spiffe://example.org/ns/%s/sa/sa1", ns), st.SPIFFEID)
 
-	// Its namespace's ClusterSPIFFEID existed before the pod was admitted.
+	// And it is the registration the webhook renders.
 	csid, err := getCSID(ctx, ns)
 	require.NoError(t, err)
 	nsObj := &corev1.Namespace{}
@@ -121,6 +139,7 @@ func TestReconcilerRepairsAndRemoves(t *testing.T) {
 		})
 	})
 	t.Run("namespace annotation changed: followed", func(t *testing.T) {
+		federationPartners(t, "bank.example", "partner.example")
 		update(t, &corev1.Namespace{}, ns, "", func(o client.Object) {
 			o.SetAnnotations(map[string]string{annotations.FederatesWithAnnotation: "bank.example,partner.example"})
 		})
@@ -200,3 +219,116 @@ func TestAnotherRegistrationForTheSamePodsIsAConflict(t *testing.T) {
 }
 
 func labelsOf(p *corev1.Pod) labels.Set { return labels.Set(p.Labels) }
+
+// registrationProbe is a validating webhook of the test's own: the API server calls it after every
+// mutating webhook (ours included) and before it stores the pod. For each pod it is sent it reads
+// the namespace's ClusterSPIFFEID from the API server and records whether it exists then.
+type registrationProbe struct {
+	mu   sync.Mutex
+	pods map[string]*probeResult
+}
+
+type probeResult struct {
+	wired, registered, dryRun bool
+	err                       string
+}
+
+// sawPod is what the probe recorded for pod name's last admission (nil: never called).
+func (p *registrationProbe) sawPod(name string) *probeResult {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.pods[name]
+}
+
+func (p *registrationProbe) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	review := &admissionv1.AdmissionReview{}
+	if err := json.NewDecoder(r.Body).Decode(review); err != nil || review.Request == nil {
+		http.Error(w, "not an AdmissionReview", http.StatusBadRequest)
+		return
+	}
+	req := review.Request
+	pod := &corev1.Pod{}
+	res := &probeResult{dryRun: req.DryRun != nil && *req.DryRun}
+	if err := json.Unmarshal(req.Object.Raw, pod); err != nil {
+		res.err = err.Error()
+	}
+	res.wired = pod.Labels[annotations.InjectedLabel] != ""
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	_, err := getCSID(ctx, req.Namespace)
+	res.registered = err == nil
+	if err != nil {
+		res.err = err.Error()
+	}
+	p.mu.Lock()
+	p.pods[pod.Name] = res
+	p.mu.Unlock()
+	review.Response = &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}
+	review.Request = nil
+	_ = json.NewEncoder(w).Encode(review)
+}
+
+// startRegistrationProbe serves the probe over TLS with the control plane's webhook certificate and
+// registers it for the pods of namespace ns until the test ends; it returns once the API server
+// calls it.
+func startRegistrationProbe(t *testing.T, ns string) *registrationProbe {
+	t.Helper()
+	p := &registrationProbe{pods: map[string]*probeResult{}}
+	cert, err := tls.LoadX509KeyPair(filepath.Join(cp.CertDir, "tls.crt"), filepath.Join(cp.CertDir, "tls.key"))
+	require.NoError(t, err)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+	require.NoError(t, err)
+	srv := &http.Server{Handler: p, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+
+	url := "https://" + ln.Addr().String() + "/validate"
+	none := admissionregistrationv1.SideEffectClassNone
+	fail := admissionregistrationv1.Fail
+	createForTest(t, &admissionregistrationv1.ValidatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: "registration-probe-" + ns},
+		Webhooks: []admissionregistrationv1.ValidatingWebhook{{
+			Name:                    "registration-probe.test.spire-mesh-injector.io",
+			AdmissionReviewVersions: []string{"v1"},
+			ClientConfig:            admissionregistrationv1.WebhookClientConfig{URL: &url, CABundle: cp.CA},
+			Rules: []admissionregistrationv1.RuleWithOperations{{
+				Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create},
+				Rule:       admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"}},
+			}},
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": ns}},
+			SideEffects:       &none,
+			FailurePolicy:     &fail,
+		}},
+	})
+	eventually(t, "the API server calls the registration probe", func() bool {
+		_ = k8s.Create(context.Background(), plainPod(ns, "probe-active", nil), client.DryRunAll)
+		seen := p.sawPod("probe-active")
+		return seen != nil && seen.dryRun
+	})
+	return p
+}
+
+// federationPartners creates a ClusterFederatedTrustDomain of the registrations' class for each
+// trust domain, for the test: the webhook federates a namespace only with trust domains one names
+// (SPIRE refuses entries that name any other). They are created before the namespaces that name
+// them, so the server's cache has them when those namespaces' first pods are admitted.
+func federationPartners(t *testing.T, trustDomains ...string) {
+	t.Helper()
+	for _, td := range trustDomains {
+		name := strings.ReplaceAll(td, ".", "-")
+		if err := k8s.Get(context.Background(), client.ObjectKey{Name: name}, &spirev1alpha1.ClusterFederatedTrustDomain{}); err == nil {
+			continue
+		}
+		createForTest(t, &spirev1alpha1.ClusterFederatedTrustDomain{ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec: spirev1alpha1.ClusterFederatedTrustDomainSpec{TrustDomain: td, ClassName: testConfig.Registration.ClassName,
+				BundleEndpointURL: "https://" + td + ":8443", BundleEndpointProfile: spirev1alpha1.BundleEndpointProfile{Type: spirev1alpha1.HTTPSWebProfileType}}})
+	}
+	// The server's cache sees them through a watch: give it the moment it needs, observed on the
+	// registration of a namespace of its own that names them all.
+	probeNS := namespace(t, true, map[string]string{annotations.FederatesWithAnnotation: strings.Join(trustDomains, ",")})
+	eventually(t, "the server sees the ClusterFederatedTrustDomains", func() bool {
+		require.NoError(t, k8s.Create(context.Background(), plainPod(probeNS, fmt.Sprintf("p-%d", rand.IntN(1e6)), nil)))
+		csid, err := getCSID(context.Background(), probeNS)
+		return err == nil && len(csid.Spec.FederatesWith) == len(trustDomains)
+	})
+}
