@@ -6,6 +6,7 @@ package istiocompat_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -178,8 +179,9 @@ func requestSPIRETemplate(t *testing.T, doc []byte) []byte {
 type difference struct {
 	why string
 	// when limits the difference to some configurations; nil means always.
-	when  func(cfg *config.Config) bool
-	apply func(ours, istio *corev1.PodTemplateSpec, cfg *config.Config) bool
+	when func(cfg *config.Config) bool
+	// apply may check, with t, that what it takes out differs only as it says.
+	apply func(t *testing.T, ours, istio *corev1.PodTemplateSpec, cfg *config.Config) bool
 }
 
 // byDesign lists every difference between spire-mesh-injector's result and Istio's SPIRE template
@@ -187,7 +189,7 @@ type difference struct {
 var byDesign = []difference{
 	{
 		why: "we record what we did in our status annotation and injected label",
-		apply: func(ours, _ *corev1.PodTemplateSpec, _ *config.Config) bool {
+		apply: func(_ *testing.T, ours, _ *corev1.PodTemplateSpec, _ *config.Config) bool {
 			_, a := ours.Annotations[annotations.StatusAnnotation]
 			_, l := ours.Labels[annotations.InjectedLabel]
 			delete(ours.Annotations, annotations.StatusAnnotation)
@@ -197,7 +199,7 @@ var byDesign = []difference{
 	},
 	{
 		why: "no per-pod `,spire` in inject.istio.io/templates: that annotation is what we make unnecessary",
-		apply: func(ours, istio *corev1.PodTemplateSpec, _ *config.Config) bool {
+		apply: func(_ *testing.T, ours, istio *corev1.PodTemplateSpec, _ *config.Config) bool {
 			want, ok := ours.Annotations[templatesAnnotation]
 			base := want
 			if !ok {
@@ -217,7 +219,7 @@ var byDesign = []difference{
 	{
 		why: "one read-only mount of the socket volume at Istio's own path, where the sample keeps " +
 			"Istio's read-write mount and adds a second, read-only one at " + sampleMountPath,
-		apply: func(_, istio *corev1.PodTemplateSpec, cfg *config.Config) bool {
+		apply: func(_ *testing.T, _, istio *corev1.PodTemplateSpec, cfg *config.Config) bool {
 			p := proxy(istio)
 			if p == nil {
 				return false
@@ -240,10 +242,10 @@ var byDesign = []difference{
 	},
 	{
 		why: "the socket file name is set on each proxy (env " + socketFileEnv + ", appended) rather than " +
-			"mesh-wide in proxyMetadata, which Istio also copies into PROXY_CONFIG and into istio-init, " +
-			"which never reads the socket",
+			"mesh-wide in proxyMetadata, which Istio also copies into PROXY_CONFIG (whose other fields must " +
+			"be equal) and into istio-init, which never reads the socket",
 		when: func(cfg *config.Config) bool { return cfg.SocketFileName != config.IstioDefaultSocketFileName },
-		apply: func(ours, istio *corev1.PodTemplateSpec, cfg *config.Config) bool {
+		apply: func(t *testing.T, ours, istio *corev1.PodTemplateSpec, cfg *config.Config) bool {
 			o, p := proxy(ours), proxy(istio)
 			if o == nil || p == nil {
 				return false
@@ -255,7 +257,10 @@ var byDesign = []difference{
 				case p.Env[i].Name == socketFileEnv:
 					moved = &p.Env[i]
 				case p.Env[i].Name == "PROXY_CONFIG" && strings.Contains(p.Env[i].Value, `"`+socketFileEnv+`":"`+cfg.SocketFileName+`"`):
+					// Only the mesh-wide socket file setting may differ: every other field of
+					// Istio's PROXY_CONFIG must be in ours. Once that holds, ours stands in for it.
 					e := p.Env[i]
+					requireSameProxyConfig(t, envValue(o, "PROXY_CONFIG"), e.Value, cfg.SocketFileName)
 					e.Value = envValue(o, "PROXY_CONFIG")
 					env = append(env, e)
 				default:
@@ -276,6 +281,28 @@ var byDesign = []difference{
 			return true
 		},
 	},
+}
+
+// requireSameProxyConfig compares two PROXY_CONFIG values (Istio's ProxyConfig as JSON) field by
+// field: ours, and istio's, which holds the mesh-wide proxyMetadata setting of the socket file name
+// (socketFile) that ours sets on the proxy instead. Apart from that one key, they must be equal.
+func requireSameProxyConfig(t *testing.T, ours, istio, socketFile string) {
+	t.Helper()
+	var o, i map[string]any
+	require.NoError(t, json.Unmarshal([]byte(ours), &o), "our PROXY_CONFIG is JSON: %s", ours)
+	require.NoError(t, json.Unmarshal([]byte(istio), &i), "Istio's PROXY_CONFIG is JSON: %s", istio)
+	meta, _ := i["proxyMetadata"].(map[string]any)
+	require.Equal(t, socketFile, meta[socketFileEnv], "Istio's PROXY_CONFIG has the mesh-wide socket file setting")
+	delete(meta, socketFileEnv)
+	if om, _ := o["proxyMetadata"].(map[string]any); om != nil {
+		require.NotContains(t, om, socketFileEnv, "ours sets the socket file on the proxy, not in PROXY_CONFIG")
+	}
+	for _, m := range []map[string]any{o, i} {
+		if pm, ok := m["proxyMetadata"].(map[string]any); ok && len(pm) == 0 {
+			delete(m, "proxyMetadata")
+		}
+	}
+	require.Equal(t, i, o, "PROXY_CONFIG differs beyond the socket file setting (Istio's SPIRE template vs ours)")
 }
 
 // compare checks one workload: ours (Istio's default injection, then spire-mesh-injector) against
@@ -321,7 +348,7 @@ func compare(t *testing.T, cfg *config.Config, ours, istio, input *corev1.PodTem
 		if d.when != nil && !d.when(cfg) {
 			continue
 		}
-		require.True(t, d.apply(ours, istio, cfg), "listed difference not found (update byDesign if Istio changed): %s", d.why)
+		require.True(t, d.apply(t, ours, istio, cfg), "listed difference not found (update byDesign if Istio changed): %s", d.why)
 	}
 	equalYAML(t, istio, ours, "spire-mesh-injector's result differs from Istio's SPIRE template beyond the listed differences")
 }
