@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
+	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/mutators"
 	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/podtest"
 )
@@ -146,12 +147,26 @@ func TestInjectExample(t *testing.T) {
 	assert.Equal(t, annotations.ModeMesh, st.Mode)
 	assert.Equal(t, "spiffe://example.org/ns/bookinfo/sa/reviews", st.SPIFFEID)
 	assert.Equal(t, []string{"istio-validation", "istio-proxy", mutators.JWTHelperContainer}, []string{pod.Spec.InitContainers[0].Name, pod.Spec.InitContainers[1].Name, pod.Spec.InitContainers[2].Name})
-	for _, v := range pod.Spec.Volumes {
-		if v.Name == mutators.IstioSocketVolume {
-			require.NotNil(t, v.CSI)
-			assert.Equal(t, "csi.spiffe.io", v.CSI.Driver)
+	// Istio's socket volume is the SPIFFE CSI driver's, read-only, and istio-proxy mounts it where
+	// pilot-agent looks.
+	var socket *corev1.Volume
+	for i := range pod.Spec.Volumes {
+		if pod.Spec.Volumes[i].Name == mutators.IstioSocketVolume {
+			socket = &pod.Spec.Volumes[i]
 		}
 	}
+	require.NotNil(t, socket, "the pod has the %s volume", mutators.IstioSocketVolume)
+	require.NotNil(t, socket.CSI, "%s is a CSI volume: %+v", mutators.IstioSocketVolume, socket.VolumeSource)
+	assert.Equal(t, "csi.spiffe.io", socket.CSI.Driver)
+	require.NotNil(t, socket.CSI.ReadOnly)
+	assert.True(t, *socket.CSI.ReadOnly)
+	proxy, _, _ := mutators.FindContainer(pod, "istio-proxy")
+	require.NotNil(t, proxy, "istio-proxy")
+	mounted := false
+	for _, m := range proxy.VolumeMounts {
+		mounted = mounted || m.Name == mutators.IstioSocketVolume && m.MountPath == config.DefaultIstioSocketMountPath
+	}
+	assert.True(t, mounted, "istio-proxy mounts %s at %s: %+v", mutators.IstioSocketVolume, config.DefaultIstioSocketMountPath, proxy.VolumeMounts)
 }
 
 // TestInjectReportsWhatItLeavesUnwired: nothing holding a pod template passes through silently.
