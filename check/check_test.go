@@ -25,6 +25,7 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/markdown"
 )
 
 const testNS = "shop"
@@ -835,12 +836,10 @@ func TestOutput(t *testing.T) {
 // TestRunbooksExist keeps every finding's runbook link pointing at a heading of docs/runbooks.md,
 // and docs/check.md describing every check.
 func TestRunbooksExist(t *testing.T) {
+	anchors, err := markdown.Anchors("../docs/runbooks.md")
+	require.NoError(t, err)
 	runbookMD, err := os.ReadFile("../docs/runbooks.md")
 	require.NoError(t, err)
-	anchors := map[string]bool{}
-	for _, m := range regexp.MustCompile(`(?m)^#+ (.+)$`).FindAllStringSubmatch(string(runbookMD), -1) {
-		anchors[githubAnchor(m[1])] = true
-	}
 	checkMD, err := os.ReadFile("../docs/check.md")
 	require.NoError(t, err)
 	for _, id := range IDs {
@@ -853,21 +852,6 @@ func TestRunbooksExist(t *testing.T) {
 	}
 	assert.Len(t, runbooks, len(IDs)+len(PodIDs))
 	assert.Contains(t, string(runbookMD), "spire-mesh-injector check", "the runbooks reference the check command")
-}
-
-// githubAnchor is how GitHub turns a heading into an anchor: lower case, punctuation other than
-// '-' and '_' dropped, spaces become '-'.
-func githubAnchor(heading string) string {
-	var b strings.Builder
-	for _, r := range strings.ToLower(strings.TrimSpace(heading)) {
-		switch {
-		case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '-', r == '_':
-			b.WriteRune(r)
-		case r == ' ':
-			b.WriteRune('-')
-		}
-	}
-	return b.String()
 }
 
 func ref[T any](v T) *T { return &v }
