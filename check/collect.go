@@ -350,9 +350,11 @@ func collectIstioMesh(ctx context.Context, c client.Client, key types.Namespaced
 		SocketFile: mesh.DefaultConfig.ProxyMetadata["WORKLOAD_IDENTITY_SOCKET_FILE"]}, nil
 }
 
-// collectSCM returns the first spire-controller-manager configuration found. The error, when none
-// is found, is the most telling one: Forbidden or unreadable over NotFound.
-func collectSCM(ctx context.Context, c client.Client, keys []types.NamespacedName) (*SCMConfig, error) {
+// firstConfigMap reads the ConfigMaps at keys in order and returns what parse makes of the first
+// one it accepts. parse returns (nil, nil) to pass a ConfigMap over (its reason in skip) and an
+// error to stop. The error, when none is accepted, is the most telling one: Forbidden or unreadable
+// over a ConfigMap passed over over NotFound (naming every key tried).
+func firstConfigMap[T any](ctx context.Context, c client.Client, keys []types.NamespacedName, parse func(key types.NamespacedName, cm *corev1.ConfigMap) (v *T, skip string, err error)) (*T, error) {
 	var firstErr error
 	var tried []string
 	for _, key := range keys {
@@ -368,6 +370,26 @@ func collectSCM(ctx context.Context, c client.Client, keys []types.NamespacedNam
 			}
 			continue
 		}
+		v, skip, err := parse(key, cm)
+		if err != nil {
+			return nil, err
+		}
+		if v != nil {
+			return v, nil
+		}
+		if firstErr == nil {
+			firstErr = fmt.Errorf("ConfigMap %s %s", key, skip)
+		}
+	}
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "configmaps"}, strings.Join(tried, ", "))
+}
+
+// collectSCM returns the first spire-controller-manager configuration found (firstConfigMap).
+func collectSCM(ctx context.Context, c client.Client, keys []types.NamespacedName) (*SCMConfig, error) {
+	return firstConfigMap(ctx, c, keys, func(key types.NamespacedName, cm *corev1.ConfigMap) (*SCMConfig, string, error) {
 		dataKeys := make([]string, 0, len(cm.Data))
 		for k := range cm.Data {
 			dataKeys = append(dataKeys, k)
@@ -392,16 +414,10 @@ func collectSCM(ctx context.Context, c client.Client, keys []types.NamespacedNam
 			} else {
 				scm.IgnoreNamespaces, scm.IgnoreNamespacesDefaulted = slices.Clone(SCMDefaultIgnoreNamespaces), true
 			}
-			return scm, nil
+			return scm, "", nil
 		}
-		if firstErr == nil {
-			firstErr = fmt.Errorf("ConfigMap %s holds no ControllerManagerConfig", key)
-		}
-	}
-	if firstErr != nil {
-		return nil, firstErr
-	}
-	return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "configmaps"}, strings.Join(tried, ", "))
+		return nil, "holds no ControllerManagerConfig", nil
+	})
 }
 
 func collectZTWIM(ctx context.Context, c client.Client, name string) (*ZTWIM, error) {

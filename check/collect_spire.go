@@ -4,11 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strings"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
@@ -56,41 +53,20 @@ func orDefault(v *string, def string) string {
 	return *v
 }
 
-// collectAgent returns the first SPIRE agent configuration found, as collectSCM does.
+// collectAgent returns the first SPIRE agent configuration found (firstConfigMap).
 func collectAgent(ctx context.Context, c client.Client, keys []types.NamespacedName) (*AgentConfig, error) {
-	var firstErr error
-	var tried []string
-	for _, key := range keys {
-		tried = append(tried, key.String())
-		cm := &corev1.ConfigMap{}
-		err := c.Get(ctx, key, cm)
-		if apierrors.IsNotFound(err) {
-			continue
-		}
-		if err != nil {
-			if firstErr == nil {
-				firstErr = err
-			}
-			continue
-		}
+	return firstConfigMap(ctx, c, keys, func(key types.NamespacedName, cm *corev1.ConfigMap) (*AgentConfig, string, error) {
 		raw, ok := cm.Data[AgentConfigKey]
 		if !ok {
-			if firstErr == nil {
-				firstErr = fmt.Errorf("ConfigMap %s has no key %s", key, AgentConfigKey)
-			}
-			continue
+			return nil, "has no key " + AgentConfigKey, nil
 		}
 		a, err := parseAgentConfig(raw)
 		if err != nil {
-			return nil, fmt.Errorf("ConfigMap %s key %s: %w", key, AgentConfigKey, err)
+			return nil, "", fmt.Errorf("ConfigMap %s key %s: %w", key, AgentConfigKey, err)
 		}
 		a.Source, a.Object = fmt.Sprintf("ConfigMap %s key %s", key, AgentConfigKey), "ConfigMap/"+key.String()
-		return a, nil
-	}
-	if firstErr != nil {
-		return nil, firstErr
-	}
-	return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "configmaps"}, strings.Join(tried, ", "))
+		return a, "", nil
+	})
 }
 
 // parseAgentConfig reads agent.sds from the agent's JSON configuration. SPIRE parses it as HCL,

@@ -156,18 +156,10 @@ func (e *evaluator) overlap(nd *NamespaceData, ps podSet) []Finding {
 	if e.s.RegistrationsErr != nil {
 		return nil
 	}
-	rule := e.classRule()
 	nsLabels := identity.NamespaceLabels(ns, nd.Namespace.Labels)
 	var out []Finding
-	for i := range e.s.Registrations {
-		o := &e.s.Registrations[i]
-		if !rule.accepts(o.Spec.ClassName) {
-			continue
-		}
-		r, err := registration.Parse(o)
-		if err != nil {
-			continue // spire-controller-manager ignores what it cannot parse
-		}
+	for _, rr := range e.reconciledRegistrations() {
+		o, r := rr.obj, rr.parsed
 		var hit []string
 		var example string
 		for _, p := range ps.wired {
