@@ -11,7 +11,10 @@
 //     an upper bound for the refresh work.
 //
 // For each it reads, once a second from outside the process, the helper's resident memory
-// (VmRSS) and CPU time (utime+stime from /proc/<pid>/stat), and counts its refreshes from its log.
+// (VmRSS) and CPU time (utime+stime from /proc/<pid>/stat), and counts its refreshes, and the new
+// tokens they wrote, from its log, per audience: a figure is met only if the helper did the work
+// it is measured doing (refreshesExpected), so that a helper that stopped refreshing, and costs
+// nothing, cannot read "met".
 // It needs root, as the real-SPIRE test suite does, to run the helper under other UIDs.
 package main
 
@@ -85,9 +88,36 @@ type Run struct {
 	// CPU is the share of one core used over the window; CPUPerSecond the per-second samples.
 	CPU          float64   `json:"cores"`
 	CPUPerSecond []float64 `json:"coresPerSecond"`
-	// Refreshes counts tokens fetched and written during the window.
-	Refreshes int     `json:"refreshes"`
-	Window    float64 `json:"windowSeconds"`
+	// Refreshes counts tokens fetched and written during the window; ByAudience and NewTokens
+	// count them, and the distinct tokens (by expiry) among them, for each audience.
+	Refreshes  int            `json:"refreshes"`
+	ByAudience map[string]int `json:"refreshesByAudience"`
+	NewTokens  map[string]int `json:"newTokensByAudience"`
+	Window     float64        `json:"windowSeconds"`
+}
+
+// refreshesExpected is the least a working helper does over window with JWT-SVIDs of ttl seconds,
+// per audience: it fetches each token again at half its lifetime at the latest, so at least
+// window/(ttl/2) refreshes (one fewer for where the window falls), and a reader always finds a
+// valid token, so at least window/ttl distinct tokens. A helper that stopped refreshing, or only
+// rewrote the same token, has fewer.
+func refreshesExpected(window float64, ttl int) (refreshes, tokens int) {
+	return max(0, int(window/(float64(ttl)/2))-1), int(window / float64(ttl))
+}
+
+// refreshesMet says whether every audience of r was refreshed as refreshesExpected says; at idle
+// (tokens that outlive the window many times over) no token is refreshed at all.
+func (r Run) refreshesMet() bool {
+	wantRefreshes, wantTokens := refreshesExpected(r.Window, r.JWTTTL)
+	for _, a := range r.Audiences {
+		if wantTokens == 0 && r.ByAudience[a] != 0 {
+			return false
+		}
+		if r.ByAudience[a] < wantRefreshes || r.NewTokens[a] < wantTokens {
+			return false
+		}
+	}
+	return true
 }
 
 func run(window, settle time.Duration, audiences []string, out string) error {
@@ -146,13 +176,22 @@ func run(window, settle time.Duration, audiences []string, out string) error {
 	}
 	for _, r := range runs {
 		cpuTarget := idleCPUTarget
-		value := fmt.Sprintf("%s RSS, %.2f%% of a core, %d audiences, %ds JWT-SVIDs", perf.MiB(r.RSS), 100*r.CPU, len(r.Audiences), r.JWTTTL)
 		if r.Name == "refresh" {
 			cpuTarget = refreshCPUTarget
-			value += fmt.Sprintf(", %.1f refreshes/s", float64(r.Refreshes)/r.Window)
 		}
-		perf.Line(os.Stdout, "jwt-helper-"+r.Name, value, fmt.Sprintf("<%s RSS, <%g%% of a core", perf.MiB(rssTarget), 100*cpuTarget),
-			r.RSS < rssTarget && r.CPU < cpuTarget)
+		least, leastTokens := r.Refreshes, r.Refreshes
+		for _, a := range r.Audiences {
+			least, leastTokens = min(least, r.ByAudience[a]), min(leastTokens, r.NewTokens[a])
+		}
+		value := fmt.Sprintf("%s RSS, %.2f%% of a core, %d audiences, %ds JWT-SVIDs, %d refreshes in %.0fs (at least %d and %d new tokens per audience)",
+			perf.MiB(r.RSS), 100*r.CPU, len(r.Audiences), r.JWTTTL, r.Refreshes, r.Window, least, leastTokens)
+		wantRefreshes, wantTokens := refreshesExpected(r.Window, r.JWTTTL)
+		refreshTarget := "no refresh"
+		if wantTokens > 0 {
+			refreshTarget = fmt.Sprintf(">=%d refreshes and >=%d new tokens per audience", wantRefreshes, wantTokens)
+		}
+		perf.Line(os.Stdout, "jwt-helper-"+r.Name, value, fmt.Sprintf("<%s RSS, <%g%% of a core, %s", perf.MiB(rssTarget), 100*cpuTarget, refreshTarget),
+			r.RSS < rssTarget && r.CPU < cpuTarget && r.refreshesMet())
 	}
 	return nil
 }
@@ -210,6 +249,7 @@ func measure(ctx context.Context, server *spire.Server, agent *spire.Agent, bin,
 	var rss []int64
 	var mem proc.Memory
 	start, startCount := time.Now(), refreshes.count()
+	mark := refreshes.mark()
 	prev, err := proc.CPUTime(p.PID())
 	if err != nil {
 		return Run{}, err
@@ -232,19 +272,23 @@ func measure(ctx context.Context, server *spire.Server, agent *spire.Agent, bin,
 	res.Window = prevAt.Sub(start).Seconds()
 	res.CPU = (prev - cpu0).Seconds() / res.Window
 	res.Refreshes = refreshes.count() - startCount
+	res.ByAudience, res.NewTokens = refreshes.since(mark)
 	slices.Sort(rss)
 	res.RSS, res.RSSMedian, res.HWM = rss[len(rss)-1], rss[len(rss)/2], mem.HWM
 	return res, nil
 }
 
 // refreshCounter passes the helper's JSON log through to w and counts its "JWT-SVID refreshed"
-// lines.
+// lines, keeping each one's audience and token expiry.
 type refreshCounter struct {
-	w   *os.File
-	mu  sync.Mutex
-	buf []byte
-	n   int
+	w    *os.File
+	mu   sync.Mutex
+	buf  []byte
+	n    int
+	seen []refresh
 }
+
+type refresh struct{ audience, expiry string }
 
 func (c *refreshCounter) Write(b []byte) (int, error) {
 	c.mu.Lock()
@@ -256,10 +300,13 @@ func (c *refreshCounter) Write(b []byte) (int, error) {
 			break
 		}
 		var line struct {
-			Msg string `json:"msg"`
+			Msg      string `json:"msg"`
+			Audience string `json:"audience"`
+			Expiry   string `json:"expiry"`
 		}
 		if json.Unmarshal(c.buf[:i], &line) == nil && line.Msg == "JWT-SVID refreshed" {
 			c.n++
+			c.seen = append(c.seen, refresh{line.Audience, line.Expiry})
 		}
 		c.buf = c.buf[i+1:]
 	}
@@ -270,6 +317,33 @@ func (c *refreshCounter) count() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.n
+}
+
+// mark is where since starts counting.
+func (c *refreshCounter) mark() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.seen)
+}
+
+// since counts, for each audience, the refreshes logged after mark, and the distinct tokens (by
+// expiry) they wrote that no refresh before mark had.
+func (c *refreshCounter) since(mark int) (refreshes, newTokens map[string]int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	refreshes, newTokens = map[string]int{}, map[string]int{}
+	known := map[refresh]bool{}
+	for _, r := range c.seen[:mark] {
+		known[r] = true
+	}
+	for _, r := range c.seen[mark:] {
+		refreshes[r.audience]++
+		if !known[r] {
+			known[r] = true
+			newTokens[r.audience]++
+		}
+	}
+	return refreshes, newTokens
 }
 
 func splitComma(s string) []string {

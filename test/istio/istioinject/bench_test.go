@@ -74,7 +74,9 @@ func withoutIstio(p *corev1.Pod) *corev1.Pod {
 
 // BenchmarkIstioInjection measures Istio's own injection webhook handler (istiod's /inject, with
 // the default profile's templates and values, native sidecars as Istio 1.27+ on Kubernetes 1.33+)
-// on the pods spire-mesh-injector's BenchmarkAdmission decides. Istio's logs are formatted and
+// on the pods spire-mesh-injector's BenchmarkAdmissionHTTP decides, through the same layer: Review
+// builds the request and records the response with httptest, and ServeHTTP runs Istio's handler
+// behind its ServeMux, as BenchmarkAdmissionHTTP runs ours. Istio's logs are formatted and
 // discarded, as ours are in that benchmark. `make bench` runs it interleaved with ours.
 func BenchmarkIstioInjection(b *testing.B) {
 	opts := istiolog.DefaultOptions()
