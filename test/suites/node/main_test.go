@@ -84,9 +84,24 @@ func run(m *testing.M) int {
 		fmt.Println(err)
 		return 1
 	}
-	defer func() {
+	stopped := false
+	stop := func() int {
+		stopped = true
 		if err := cluster.Stop(); err != nil {
 			fmt.Println("stopping the node:", err)
+			return 1
+		}
+		// The host is as the node found it: the next node (or anything else) starts clean.
+		if left := cluster.Leftovers(); len(left) > 0 {
+			fmt.Printf("the stopped node left on the host:\n  %s\n", strings.Join(left, "\n  "))
+			return 1
+		}
+		fmt.Println("node: stopped; the host is as the node found it")
+		return 0
+	}
+	defer func() {
+		if !stopped {
+			stop()
 		}
 	}()
 	k8s = cluster.Client
@@ -101,6 +116,9 @@ func run(m *testing.M) int {
 	code := m.Run()
 	if err := writeFigures(); err != nil {
 		fmt.Println(err)
+		code = 1
+	}
+	if stop() != 0 {
 		code = 1
 	}
 	return code
