@@ -143,8 +143,6 @@ func (e *evaluator) universe() *idUniverse {
 	return u
 }
 
-func (u *idUniverse) held(id string) bool { return len(u.byID[id]) > 0 }
-
 // reconciledReg is a ClusterSPIFFEID spire-controller-manager reconciles, parsed by its parser.
 type reconciledReg struct {
 	obj    *spirev1alpha1.ClusterSPIFFEID
