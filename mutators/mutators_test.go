@@ -594,6 +594,31 @@ func TestCopiedStatusKeepsWhatIsTheUsers(t *testing.T) {
 		assert.Equal(t, again.Spec.Containers[0].VolumeMounts, container(t, p, "app").VolumeMounts)
 		assert.Equal(t, again.Spec.Containers[0].Env, container(t, p, "app").Env)
 	})
+	t.Run("Istio's emptyDir workload-socket listed as ours is not taken back", func(t *testing.T) {
+		// A status naming workload-socket, on a pod whose workload-socket is Istio's emptyDir that
+		// no container mounts: the volume was never the webhook's, so it stays where it is and is
+		// turned into the CSI volume there, and the status does not claim it.
+		p := meshPod(false)
+		p.Spec.Containers[1].VolumeMounts = nil
+		p.Spec.Volumes = []corev1.Volume{emptyDir("data"), emptyDir(IstioSocketVolume), emptyDir("cache")}
+		st := annotations.Status{Mode: annotations.ModeMesh, Volumes: []string{IstioSocketVolume}}
+		p.Annotations = map[string]string{annotations.StatusAnnotation: st.Encode()}
+		res, err := run(t, cfg, p)
+		require.NoError(t, err)
+		require.Equal(t, []string{"data", IstioSocketVolume, "cache"}, volumeNames(p))
+		assert.True(t, isCSIVolume(&p.Spec.Volumes[1], cfg.CSIDriver))
+		assert.NotContains(t, res.Status.Volumes, IstioSocketVolume)
+	})
+	t.Run("the webhook's own volume nothing needs any more is taken back", func(t *testing.T) {
+		p := plainPod()
+		p.Spec.Volumes = []corev1.Volume{emptyDir("data"), tokenVolume()}
+		st := annotations.Status{Mode: annotations.ModeWorkload, Volumes: []string{JWTVolume}}
+		p.Annotations = map[string]string{annotations.StatusAnnotation: st.Encode()}
+		res, err := run(t, cfg, p)
+		require.NoError(t, err)
+		assert.Equal(t, []string{"data", WorkloadAPIVolume}, volumeNames(p))
+		assert.Equal(t, []string{WorkloadAPIVolume}, res.Status.Volumes)
+	})
 	for name, audience := range map[string]string{"without an audience": "", "with an audience": "a"} {
 		t.Run("a user container named like the helper, "+name, func(t *testing.T) {
 			p := copied()
@@ -744,4 +769,12 @@ func envValue(c *corev1.Container, name string) string {
 		}
 	}
 	return ""
+}
+
+func volumeNames(p *corev1.Pod) []string {
+	var out []string
+	for _, v := range p.Spec.Volumes {
+		out = append(out, v.Name)
+	}
+	return out
 }

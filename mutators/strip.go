@@ -58,7 +58,7 @@ func (stripPrevious) mutate(pod *corev1.Pod, s *state) error {
 	}
 	for _, v := range p.Volumes {
 		// A volume something still mounts stays: removing it would make the pod invalid.
-		if i := volumeIndex(pod, v); i >= 0 && reservedVolume(v) && !volumeMounted(pod, v) {
+		if i := volumeIndex(pod, v); i >= 0 && isOurVolume(s.cfg, &pod.Spec.Volumes[i]) && !volumeMounted(pod, v) {
 			pod.Spec.Volumes = append(pod.Spec.Volumes[:i:i], pod.Spec.Volumes[i+1:]...)
 			if len(pod.Spec.Volumes) == 0 {
 				pod.Spec.Volumes = nil
@@ -108,8 +108,18 @@ func removeOurMount(cfg *config.Config, ms []corev1.VolumeMount, volume string) 
 	return ms
 }
 
-func reservedVolume(name string) bool {
-	return name == IstioSocketVolume || name == WorkloadAPIVolume || name == JWTVolume
+// isOurVolume reports whether v is exactly a volume the webhook adds: a reserved name with the
+// source the webhook gives it. A volume of the user's that a status annotation written by hand
+// names (Istio's own emptyDir workload-socket, say) is not taken back: it stays where it is, and
+// the chain changes it there if it must, field by field.
+func isOurVolume(cfg *config.Config, v *corev1.Volume) bool {
+	switch v.Name {
+	case IstioSocketVolume, WorkloadAPIVolume:
+		return isCSIVolume(v, cfg.CSIDriver)
+	case JWTVolume:
+		return isTokenVolume(v)
+	}
+	return false
 }
 
 // isOurEnv reports whether e, in container c, holds exactly the value the webhook sets.
