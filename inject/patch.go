@@ -1,13 +1,13 @@
 package inject
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"maps"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"gomodules.xyz/jsonpatch/v2"
 	corev1 "k8s.io/api/core/v1"
@@ -95,42 +95,102 @@ func diffFields[T comparable](ops *[]jsonpatch.Operation, path string, idx int, 
 	if *orig == *mut || equality.Semantic.DeepEqual(orig, mut) {
 		return nil
 	}
-	return fieldOps(ops, at(path, idx), orig, mut)
-}
-
-// fieldOps emits the operations that turn the JSON object of orig into that of mut, one per
-// top-level field, in the order of the fields' names.
-func fieldOps(ops *[]jsonpatch.Operation, path string, orig, mut any) error {
-	o, err := fields(orig)
-	if err != nil {
-		return err
-	}
-	m, err := fields(mut)
-	if err != nil {
-		return err
-	}
-	for _, k := range slices.Sorted(maps.Keys(m)) {
-		if ov, ok := o[k]; !ok {
-			*ops = append(*ops, jsonpatch.NewOperation("add", path+"/"+escape(k), m[k]))
-		} else if !bytes.Equal(ov, m[k]) {
-			*ops = append(*ops, jsonpatch.NewOperation("replace", path+"/"+escape(k), m[k]))
-		}
-	}
-	for _, k := range slices.Sorted(maps.Keys(o)) {
-		if _, ok := m[k]; !ok {
-			*ops = append(*ops, jsonpatch.NewOperation("remove", path+"/"+escape(k), nil))
-		}
-	}
+	fieldOps(ops, at(path, idx), orig, mut)
 	return nil
 }
 
-func fields(v any) (map[string]json.RawMessage, error) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return nil, err
+// fieldOps emits the operations that turn the JSON object of *orig into that of *mut, one per
+// top-level field that differs: replaces and adds in the order encoding/json writes the fields,
+// then removes. It works on the Go values, as encoding/json would encode them (jsonFieldsOf), so
+// that only a changed field's value is ever encoded, when the patch is.
+func fieldOps[T any](ops *[]jsonpatch.Operation, path string, orig, mut *T) {
+	o, m := reflect.ValueOf(orig).Elem(), reflect.ValueOf(mut).Elem()
+	var removed []string
+	for _, f := range jsonFieldsOf(o.Type()) {
+		of, mf := o.FieldByIndex(f.index), m.FieldByIndex(f.index)
+		inO, inM := f.present(of), f.present(mf)
+		switch {
+		case inM && !inO:
+			*ops = append(*ops, jsonpatch.NewOperation("add", path+"/"+f.name, mf.Interface()))
+		case inO && !inM:
+			removed = append(removed, f.name)
+		case inM && !shared(of, mf) && !equality.Semantic.DeepEqual(of.Interface(), mf.Interface()):
+			*ops = append(*ops, jsonpatch.NewOperation("replace", path+"/"+f.name, mf.Interface()))
+		}
 	}
-	out := map[string]json.RawMessage{}
-	return out, json.Unmarshal(b, &out)
+	for _, name := range removed {
+		*ops = append(*ops, jsonpatch.NewOperation("remove", path+"/"+name, nil))
+	}
+}
+
+// jsonField is a top-level field of a struct's JSON object: where it is in the Go struct, its
+// name (as a JSON pointer token), and whether encoding/json leaves it out when empty.
+type jsonField struct {
+	index     []int
+	name      string
+	omitEmpty bool
+}
+
+// present reports whether encoding/json writes the field with value v.
+func (f *jsonField) present(v reflect.Value) bool {
+	if !f.omitEmpty {
+		return true
+	}
+	switch v.Kind() {
+	case reflect.Array, reflect.Map, reflect.Slice, reflect.String:
+		return v.Len() > 0
+	case reflect.Bool:
+		return v.Bool()
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return v.Int() != 0
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr:
+		return v.Uint() != 0
+	case reflect.Float32, reflect.Float64:
+		return v.Float() != 0
+	case reflect.Interface, reflect.Pointer:
+		return !v.IsNil()
+	}
+	return true
+}
+
+var jsonFieldCache sync.Map // reflect.Type -> []jsonField
+
+// jsonFieldsOf returns the top-level fields of t's JSON object in the order encoding/json writes
+// them: exported fields by their json tag's name (or their Go name), fields tagged "-" left out,
+// and the fields of an embedded struct without a name (`json:",inline"`) in its place. The API
+// types this is used on have no two fields of one name, the only case where encoding/json's rules
+// say more; TestJSONFieldsMatchEncodingJSON holds it to encoding/json on every type it is used on.
+func jsonFieldsOf(t reflect.Type) []jsonField {
+	if fs, ok := jsonFieldCache.Load(t); ok {
+		return fs.([]jsonField)
+	}
+	var out []jsonField
+	var walk func(t reflect.Type, prefix []int)
+	walk = func(t reflect.Type, prefix []int) {
+		for i := range t.NumField() {
+			sf := t.Field(i)
+			tag := sf.Tag.Get("json")
+			if tag == "-" {
+				continue
+			}
+			name, opts, _ := strings.Cut(tag, ",")
+			index := append(slices.Clone(prefix), i)
+			if sf.Anonymous && name == "" && sf.Type.Kind() == reflect.Struct {
+				walk(sf.Type, index)
+				continue
+			}
+			if !sf.IsExported() {
+				continue
+			}
+			if name == "" {
+				name = sf.Name
+			}
+			out = append(out, jsonField{index: index, name: escape(name), omitEmpty: slices.Contains(strings.Split(opts, ","), "omitempty")})
+		}
+	}
+	walk(t, nil)
+	jsonFieldCache.Store(t, out)
+	return out
 }
 
 // diffContainer diffs a container at the granularity mutators change it: its env vars and volume
@@ -139,9 +199,9 @@ func fields(v any) (map[string]json.RawMessage, error) {
 func diffContainer(ops *[]jsonpatch.Operation, path string, idx int, orig, mut *corev1.Container) error {
 	envSame, mountsSame := same(orig.Env, mut.Env), same(orig.VolumeMounts, mut.VolumeMounts)
 	cpath := at(path, idx)
-	if o, m := withoutLists(orig), withoutLists(mut); !equality.Semantic.DeepEqual(&o, &m) {
-		if err := fieldOps(ops, cpath, &o, &m); err != nil {
-			return err
+	if !sharedButLists(orig, mut) {
+		if o, m := withoutLists(orig), withoutLists(mut); !equality.Semantic.DeepEqual(&o, &m) {
+			fieldOps(ops, cpath, &o, &m)
 		}
 	}
 	if !envSame {
@@ -153,6 +213,61 @@ func diffContainer(ops *[]jsonpatch.Operation, path string, idx int, orig, mut *
 		return nil
 	}
 	return diffList(ops, cpath+"/volumeMounts", orig.VolumeMounts, mut.VolumeMounts, mountPath, diffFields[corev1.VolumeMount])
+}
+
+// The fields of a container that diffContainer diffs element by element.
+var (
+	containerEnv    = fieldIndex[corev1.Container]("Env")
+	containerMounts = fieldIndex[corev1.Container]("VolumeMounts")
+)
+
+func fieldIndex[T any](name string) int {
+	f, ok := reflect.TypeFor[T]().FieldByName(name)
+	if !ok || len(f.Index) != 1 {
+		panic("no top-level field " + name)
+	}
+	return f.Index[0]
+}
+
+// sharedButLists reports whether two containers share every field but their env and volume
+// mounts (shared).
+func sharedButLists(orig, mut *corev1.Container) bool {
+	a, b := reflect.ValueOf(orig).Elem(), reflect.ValueOf(mut).Elem()
+	for i := range a.NumField() {
+		if i != containerEnv && i != containerMounts && !shared(a.Field(i), b.Field(i)) {
+			return false
+		}
+	}
+	return true
+}
+
+// shared reports whether a and b, of one type, hold the very same values: equal scalars, and
+// slices, maps and pointers that point at the same memory. It is the cheap, allocation-free test
+// for an element the mutators did not touch, whose copy (copyForMutation) shares all of that with
+// the original; false only means "compare by value".
+func shared(a, b reflect.Value) bool {
+	switch a.Kind() {
+	case reflect.Struct:
+		for i := range a.NumField() {
+			if !shared(a.Field(i), b.Field(i)) {
+				return false
+			}
+		}
+		return true
+	case reflect.Slice:
+		return a.Len() == b.Len() && a.IsNil() == b.IsNil() && (a.Len() == 0 || a.Pointer() == b.Pointer())
+	case reflect.Pointer, reflect.Map:
+		return a.Pointer() == b.Pointer()
+	case reflect.String:
+		return a.String() == b.String()
+	case reflect.Bool:
+		return a.Bool() == b.Bool()
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		return a.Int() == b.Int()
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return a.Uint() == b.Uint()
+	}
+	return false
 }
 
 // withoutLists is c without the lists diffContainer diffs element by element.

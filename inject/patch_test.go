@@ -1,8 +1,10 @@
 package inject
 
 import (
+	"bytes"
 	"encoding/json"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -191,4 +193,85 @@ func TestPatchEscapesKeys(t *testing.T) {
 	assert.Equal(t, map[string]string{"/metadata/labels/a~1b": "replace", "/metadata/labels/c~0d~1e": "add", "/metadata/labels/keep": "remove"}, paths)
 	got := podtest.Decode(t, podtest.Apply(t, podtest.JSON(t, orig), ops))
 	assert.Equal(t, mut.Labels, got.Labels)
+}
+
+// TestJSONFieldsMatchEncodingJSON holds fieldOps' view of each element type's JSON object to
+// encoding/json's: with no field set, with every field set, and with each field set alone, the
+// fields jsonFieldsOf says are present are exactly the keys encoding/json writes, in its order.
+func TestJSONFieldsMatchEncodingJSON(t *testing.T) {
+	for _, typ := range []reflect.Type{reflect.TypeFor[corev1.Volume](), reflect.TypeFor[corev1.EnvVar](), reflect.TypeFor[corev1.VolumeMount](), reflect.TypeFor[corev1.Container]()} {
+		t.Run(typ.Name(), func(t *testing.T) {
+			fs := jsonFieldsOf(typ)
+			require.NotEmpty(t, fs)
+			check := func(what string, v reflect.Value) {
+				js, err := json.Marshal(v.Interface())
+				require.NoError(t, err)
+				var keys []string
+				dec := json.NewDecoder(bytes.NewReader(js))
+				_, err = dec.Token() // {
+				require.NoError(t, err)
+				for dec.More() {
+					k, err := dec.Token()
+					require.NoError(t, err)
+					keys = append(keys, escape(k.(string)))
+					var skip json.RawMessage
+					require.NoError(t, dec.Decode(&skip))
+				}
+				var present []string
+				for _, f := range fs {
+					if f.present(v.FieldByIndex(f.index)) {
+						present = append(present, f.name)
+					}
+				}
+				assert.Equal(t, keys, present, what)
+			}
+			check("no field set", reflect.New(typ).Elem())
+			all := reflect.New(typ).Elem()
+			fill(all, 0)
+			check("every field set", all)
+			for _, f := range fs {
+				one := reflect.New(typ).Elem()
+				fill(one.FieldByIndex(f.index), 0)
+				check(f.name+" set alone", one)
+			}
+		})
+	}
+}
+
+// fill sets every exported field reachable from v to a value that is not empty.
+func fill(v reflect.Value, depth int) {
+	if depth > 8 || !v.CanSet() {
+		return
+	}
+	switch v.Kind() {
+	case reflect.Struct:
+		for i := range v.NumField() {
+			if v.Type().Field(i).IsExported() {
+				fill(v.Field(i), depth+1)
+			}
+		}
+	case reflect.Pointer:
+		v.Set(reflect.New(v.Type().Elem()))
+		fill(v.Elem(), depth+1)
+	case reflect.Slice:
+		v.Set(reflect.MakeSlice(v.Type(), 1, 1))
+		fill(v.Index(0), depth+1)
+	case reflect.Map:
+		m := reflect.MakeMap(v.Type())
+		k, e := reflect.New(v.Type().Key()).Elem(), reflect.New(v.Type().Elem()).Elem()
+		fill(k, depth+1)
+		fill(e, depth+1)
+		m.SetMapIndex(k, e)
+		v.Set(m)
+	case reflect.String:
+		v.SetString("x")
+	case reflect.Bool:
+		v.SetBool(true)
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		v.SetInt(1)
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		v.SetUint(1)
+	case reflect.Float32, reflect.Float64:
+		v.SetFloat(1)
+	}
 }
