@@ -14,6 +14,29 @@ import (
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
 )
 
+// UseConfig sets the configuration the findings compare against, and says in ConfigSource where it
+// came from: the file at file when one is named (an error if it does not load: the user asked for
+// it), else the webhook's own, read from its Deployment and ConfigMap (ClusterConfig), else the
+// built-in defaults, with why the webhook's could not be read — the config finding then warns that
+// the report compares against defaults.
+func (o *Options) UseConfig(ctx context.Context, c client.Reader, file string, deployment types.NamespacedName) error {
+	if file != "" {
+		cfg, err := config.Load(file)
+		if err != nil {
+			return err
+		}
+		o.Config, o.ConfigSource, o.ConfigFromDefaults = cfg, "file "+file, false
+		return nil
+	}
+	cfg, src, err := ClusterConfig(ctx, c, deployment)
+	if err != nil {
+		o.Config, o.ConfigSource, o.ConfigFromDefaults = config.Default(), err.Error(), true
+		return nil
+	}
+	o.Config, o.ConfigSource, o.ConfigFromDefaults = cfg, src, false
+	return nil
+}
+
 // ClusterConfig reads the configuration the webhook runs with: the --config argument of the
 // Deployment's serve container, the ConfigMap volume that file is mounted from, and its key,
 // parsed and validated as `serve` parses it. It returns the configuration and a description of

@@ -287,7 +287,7 @@ func checkOracle(t *testing.T, received []byte, orig, mut *corev1.Pod, ops []gjs
 		if err != nil {
 			t.Fatalf("our patch does not apply to %s: %v", what, err)
 		}
-		if d := cmp.Diff(prune(jsonValue(t, want)), prune(jsonValue(t, got))); d != "" {
+		if d := cmp.Diff(podtest.Prune(podtest.JSONValue(t, want)), podtest.Prune(podtest.JSONValue(t, got))); d != "" {
 			t.Fatalf("applied to %s, our patch and the generic diff give different documents (-generic +ours):\n%s", what, d)
 		}
 	}
@@ -298,43 +298,6 @@ func checkOracle(t *testing.T, received []byte, orig, mut *corev1.Pod, ops []gjs
 	if _, err := podtest.ApplyOps(received, generic); err == nil {
 		compare(received, "the bytes received")
 	}
-}
-
-// prune drops nulls and empty objects and arrays from a JSON value: the API server decodes them
-// as it decodes a field that is not there (`"labels": {}` left by removing the last label, where
-// the generic diff removes the key).
-func prune(v any) any {
-	switch v := v.(type) {
-	case map[string]any:
-		out := map[string]any{}
-		for k, x := range v {
-			if x = prune(x); x != nil {
-				out[k] = x
-			}
-		}
-		if len(out) == 0 {
-			return nil
-		}
-		return out
-	case []any:
-		if len(v) == 0 {
-			return nil
-		}
-		out := make([]any, len(v))
-		for i, x := range v {
-			out[i] = prune(x)
-		}
-		return out
-	}
-	return v
-}
-
-func jsonValue(t *testing.T, b []byte) any {
-	var v any
-	if err := json.Unmarshal(b, &v); err != nil {
-		t.Fatalf("not JSON: %v", err)
-	}
-	return v
 }
 
 // unknownField is a field of the bytes received that the pod's Go types do not know: it is not in
@@ -368,8 +331,8 @@ var listKeys = map[string]string{"volumes": "name", "initContainers": "name", "c
 // list). With zero false, a field whose value
 // is null, false, 0, "" or empty is not listed: the encoding leaves such values of known fields out.
 func unknownFields(t *testing.T, received, encoded []byte, zero bool) []unknownField {
-	r, _ := jsonValue(t, received).(map[string]any)
-	e, _ := jsonValue(t, encoded).(map[string]any)
+	r, _ := podtest.JSONValue(t, received).(map[string]any)
+	e, _ := podtest.JSONValue(t, encoded).(map[string]any)
 	var out []unknownField
 	var walk func(r, e map[string]any, at []step)
 	walk = func(r, e map[string]any, at []step) {
@@ -477,9 +440,9 @@ func checkUnknownKept(t *testing.T, received []byte, orig, mut *corev1.Pod, ops 
 	if err != nil {
 		t.Fatal(err)
 	}
-	before, _ := jsonValue(t, origJS).(map[string]any)
-	after, _ := jsonValue(t, mutJS).(map[string]any)
-	doc, _ := jsonValue(t, patched).(map[string]any)
+	before, _ := podtest.JSONValue(t, origJS).(map[string]any)
+	after, _ := podtest.JSONValue(t, mutJS).(map[string]any)
+	doc, _ := podtest.JSONValue(t, patched).(map[string]any)
 	rebuilt := ownVolumesAddedAgain(orig, mut, ops)
 	for _, u := range unknownFields(t, received, origJS, false) {
 		if len(u.at) > 1 && u.at[1].key == "volumes" && rebuilt[fmt.Sprint(u.at[1].value)] {

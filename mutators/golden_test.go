@@ -78,8 +78,8 @@ func TestGolden(t *testing.T) {
 				inputs["the fixture's bytes"] = js
 			}
 			for what, input := range inputs {
-				viaGeneric := prune(jsonValue(t, podtest.Apply(t, input, generic)))
-				viaOurs := prune(jsonValue(t, podtest.Apply(t, input, res.Ops)))
+				viaGeneric := podtest.Prune(podtest.JSONValue(t, podtest.Apply(t, input, generic)))
+				viaOurs := podtest.Prune(podtest.JSONValue(t, podtest.Apply(t, input, res.Ops)))
 				require.Empty(t, cmp.Diff(viaGeneric, viaOurs), "applied to %s, the generic diff and our patch disagree (-generic +ours)", what)
 			}
 
@@ -100,41 +100,6 @@ func TestGolden(t *testing.T) {
 		})
 	}
 	require.GreaterOrEqual(t, cases, 10)
-}
-
-// prune drops nulls and empty objects and arrays from a JSON value: the API server decodes them
-// as it decodes a field that is not there.
-func prune(v any) any {
-	switch v := v.(type) {
-	case map[string]any:
-		out := map[string]any{}
-		for k, x := range v {
-			if x = prune(x); x != nil {
-				out[k] = x
-			}
-		}
-		if len(out) == 0 {
-			return nil
-		}
-		return out
-	case []any:
-		if len(v) == 0 {
-			return nil
-		}
-		out := make([]any, len(v))
-		for i, x := range v {
-			out[i] = prune(x)
-		}
-		return out
-	}
-	return v
-}
-
-func jsonValue(t *testing.T, b []byte) any {
-	t.Helper()
-	var v any
-	require.NoError(t, json.Unmarshal(b, &v))
-	return v
 }
 
 // TestConvergesWhateverTheOrder checks that the webhook's result depends only on the pod's final

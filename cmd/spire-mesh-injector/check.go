@@ -14,7 +14,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/check"
-	smiconfig "github.com/spire-mesh-injector/spire-mesh-injector/config"
 	"github.com/spire-mesh-injector/spire-mesh-injector/registration"
 )
 
@@ -129,19 +128,11 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 
-	if configPath != "" {
-		if o.Config, err = smiconfig.Load(configPath); err != nil {
-			return err
-		}
-		o.ConfigSource = "file " + configPath
-	} else {
-		deployment := types.NamespacedName{Namespace: webhookNamespace, Name: "spire-mesh-injector"}
-		o.Config, o.ConfigSource, err = check.ClusterConfig(ctx, c, deployment)
-		if err != nil {
-			// Still worth a report: the findings then compare against the defaults, and the config
-			// finding says so and why.
-			o.Config, o.ConfigSource, o.ConfigFromDefaults = smiconfig.Default(), err.Error(), true
-		}
+	// Without --config the webhook's own configuration is read from the cluster; when it cannot be,
+	// the report is still worth having: the findings compare against the defaults, and the config
+	// finding says so and why.
+	if err := o.UseConfig(ctx, c, configPath, types.NamespacedName{Namespace: webhookNamespace, Name: "spire-mesh-injector"}); err != nil {
+		return err
 	}
 
 	var report *check.Report

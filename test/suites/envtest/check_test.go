@@ -538,20 +538,7 @@ func TestCheckRegistrationRejectedByParser(t *testing.T) {
 func TestCheckReadsTheWebhookConfiguration(t *testing.T) {
 	ctx := context.Background()
 	ns := namespace(t, false, nil)
-	selector, template := podTemplate(map[string]string{"app": "smi"}, corev1.PodSpec{
-		Containers: []corev1.Container{{Name: "webhook", Image: "smi", Args: []string{"serve", "--config=/etc/spire-mesh-injector/config.yaml"},
-			VolumeMounts: []corev1.VolumeMount{{Name: "config", MountPath: "/etc/spire-mesh-injector"}}}},
-		Volumes: []corev1.Volume{{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
-			LocalObjectReference: corev1.LocalObjectReference{Name: "spire-mesh-injector-config-abc123"}}}}},
-	})
-	dep := &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "spire-mesh-injector", Namespace: ns},
-		Spec:       appsv1.DeploymentSpec{Selector: selector, Template: template},
-	}
-	require.NoError(t, k8s.Create(ctx, dep))
-	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "spire-mesh-injector-config-abc123", Namespace: ns},
-		Data: map[string]string{"config.yaml": "trustDomain: apps.example.com\nclusterName: prod\nsocketFileName: socket\n"}}
-	require.NoError(t, k8s.Create(ctx, cm))
+	cm := webhookDeployment(t, ns, "trustDomain: apps.example.com\nclusterName: prod\nsocketFileName: socket\n")
 
 	cfg, src, err := check.ClusterConfig(ctx, k8s, types.NamespacedName{Namespace: ns, Name: "spire-mesh-injector"})
 	require.NoError(t, err)
@@ -566,6 +553,82 @@ func TestCheckReadsTheWebhookConfiguration(t *testing.T) {
 
 	_, _, err = check.ClusterConfig(ctx, k8s, types.NamespacedName{Namespace: ns, Name: "absent"})
 	require.True(t, apierrors.IsNotFound(err), "%v", err)
+}
+
+// TestCheckConfigFinding: the config finding on the real API server, as `check` resolves the
+// configuration (UseConfig): OK naming the webhook's ConfigMap when the webhook's Deployment and
+// ConfigMap are read, OK naming the file with --config, and a warning that the report compares
+// against the built-in defaults, saying why, when the webhook's configuration cannot be read (no
+// Deployment, or a ConfigMap that does not validate); a --config file that does not load is an
+// error, not a report.
+func TestCheckConfigFinding(t *testing.T) {
+	e := newCheckEnv(t)
+	ctx := context.Background()
+	c, err := client.New(cp.Config, client.Options{Scheme: registration.Scheme()})
+	require.NoError(t, err)
+	own := "trustDomain: example.org\nclusterName: envtest\njwtHelper:\n  image: registry.example/spire-mesh-injector:test\ncsiDriver: " + e.csi + "\n"
+	cm := webhookDeployment(t, e.infra, own)
+	deployment := types.NamespacedName{Namespace: e.infra, Name: "spire-mesh-injector"}
+	resolve := func(t *testing.T, file string, deployment types.NamespacedName) *check.Report {
+		t.Helper()
+		o := e.opts
+		o.Config, o.ConfigSource = nil, ""
+		require.NoError(t, o.UseConfig(ctx, c, file, deployment))
+		return chkRun(t, cp.Config, o)
+	}
+
+	t.Run("the webhook's own", func(t *testing.T) {
+		r := resolve(t, "", deployment)
+		chkRequire(t, r, check.CheckConfig, check.OK, fmt.Sprintf("configuration from ConfigMap %s/%s key config.yaml", e.infra, cm.Name))
+	})
+	t.Run("a file", func(t *testing.T) {
+		file := filepath.Join(t.TempDir(), "config.yaml")
+		require.NoError(t, os.WriteFile(file, []byte(own), 0o600))
+		r := resolve(t, file, types.NamespacedName{Namespace: e.infra, Name: "absent"})
+		chkRequire(t, r, check.CheckConfig, check.OK, "configuration from file "+file)
+	})
+	t.Run("a file that does not load", func(t *testing.T) {
+		file := filepath.Join(t.TempDir(), "config.yaml")
+		require.NoError(t, os.WriteFile(file, []byte(own+"failurePolicy: Maybe\n"), 0o600))
+		o := e.opts
+		require.ErrorContains(t, o.UseConfig(ctx, c, file, deployment), "failurePolicy")
+	})
+	// With the defaults, other findings differ too (another CSI driver): only the config finding
+	// is the point here.
+	t.Run("no webhook Deployment", func(t *testing.T) {
+		r := resolve(t, "", types.NamespacedName{Namespace: e.infra, Name: "absent"})
+		chkRequire(t, r, check.CheckConfig, check.Warn, "compared against the built-in default configuration", check.IDs...)
+		chkRequire(t, r, check.CheckConfig, check.Warn, "not found", check.IDs...)
+	})
+	t.Run("a ConfigMap that does not validate", func(t *testing.T) {
+		cm.Data["config.yaml"] = own + "failurePolicy: Maybe\n"
+		require.NoError(t, k8s.Update(ctx, cm))
+		r := resolve(t, "", deployment)
+		chkRequire(t, r, check.CheckConfig, check.Warn, "failurePolicy", check.IDs...)
+	})
+}
+
+// webhookDeployment creates the webhook's Deployment in ns as kustomize lays it out — serve with
+// --config in a folder mounted from a ConfigMap of a generated name — and that ConfigMap holding
+// configYAML, and returns the ConfigMap.
+func webhookDeployment(t *testing.T, ns, configYAML string) *corev1.ConfigMap {
+	t.Helper()
+	ctx := context.Background()
+	selector, template := podTemplate(map[string]string{"app": "smi"}, corev1.PodSpec{
+		Containers: []corev1.Container{{Name: "webhook", Image: "smi", Args: []string{"serve", "--config=/etc/spire-mesh-injector/config.yaml"},
+			VolumeMounts: []corev1.VolumeMount{{Name: "config", MountPath: "/etc/spire-mesh-injector"}}}},
+		Volumes: []corev1.Volume{{Name: "config", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+			LocalObjectReference: corev1.LocalObjectReference{Name: "spire-mesh-injector-config-abc123"}}}}},
+	})
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "spire-mesh-injector", Namespace: ns},
+		Spec:       appsv1.DeploymentSpec{Selector: selector, Template: template},
+	}
+	require.NoError(t, k8s.Create(ctx, dep))
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "spire-mesh-injector-config-abc123", Namespace: ns},
+		Data: map[string]string{"config.yaml": configYAML}}
+	require.NoError(t, k8s.Create(ctx, cm))
+	return cm
 }
 
 // TestCheckRBACIsReadOnlyAndSufficient applies the roles of kustomize/check (decoded strictly),

@@ -10,7 +10,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"slices"
@@ -26,6 +25,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spire-mesh-injector/spire-mesh-injector/test/fixtures/certs"
 	"github.com/stretchr/testify/require"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
@@ -302,39 +302,20 @@ func decodeSecret(name string, resp *discoveryv3.DiscoveryResponse) (*sdsSecret,
 				if err != nil {
 					return nil, err
 				}
-				if s.bundles[td], err = parsePEM(d.GetTrustBundle().GetInlineBytes()); err != nil {
+				if s.bundles[td], err = certs.ParsePEM(d.GetTrustBundle().GetInlineBytes()); err != nil {
 					return nil, fmt.Errorf("trust domain %s: %w", td, err)
 				}
 			}
 			break
 		}
 		var err error
-		if s.trustedCA, err = parsePEM(vc.GetTrustedCa().GetInlineBytes()); err != nil {
+		if s.trustedCA, err = certs.ParsePEM(vc.GetTrustedCa().GetInlineBytes()); err != nil {
 			return nil, fmt.Errorf("trusted_ca: %w", err)
 		}
 	default:
 		return nil, fmt.Errorf("secret %q holds neither a certificate nor a validation context", name)
 	}
 	return s, nil
-}
-
-func parsePEM(b []byte) ([]*x509.Certificate, error) {
-	var certs []*x509.Certificate
-	for {
-		var block *pem.Block
-		if block, b = pem.Decode(b); block == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		certs = append(certs, c)
-	}
-	if len(certs) == 0 {
-		return nil, errors.New("no certificate")
-	}
-	return certs, nil
 }
 
 // trustDomains are the trust domains of a validation context under the SPIFFE validator, sorted.
@@ -378,8 +359,8 @@ func (s *sdsSecret) verifyPeer(chain []*x509.Certificate) (spiffeid.ID, error) {
 	}
 	if s.bundles != nil {
 		var set []*x509bundle.Bundle
-		for td, certs := range s.bundles {
-			set = append(set, x509bundle.FromX509Authorities(td, certs))
+		for td, authorities := range s.bundles {
+			set = append(set, x509bundle.FromX509Authorities(td, authorities))
 		}
 		id, _, err := x509svid.Verify(chain, x509bundle.NewSet(set...))
 		return id, err
