@@ -2,6 +2,7 @@ package identity
 
 import (
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"text/template"
@@ -63,6 +64,36 @@ func TestSPIFFEID(t *testing.T) {
 	id, err = SPIFFEID(node, pod)
 	require.NoError(t, err)
 	assert.Empty(t, id, "unknown before scheduling")
+}
+
+// TestIDsAreSPIFFEID: the memo gives every pod what SPIFFEID gives it, for a template that reads
+// only the namespace and service account (remembered), one that reads the pod's name (never
+// remembered: two pods of one service account differ), one that reads the node, and past the
+// memo's bound.
+func TestIDsAreSPIFFEID(t *testing.T) {
+	pod := func(ns, sa, name string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: corev1.PodSpec{ServiceAccountName: sa}}
+	}
+	for name, extra := range map[string]string{
+		"per service account": "",
+		"per pod":             "registration:\n  spiffeIDTemplate: 'spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/pod/{{ .PodMeta.Name }}'\n",
+		"per node":            "registration:\n  spiffeIDTemplate: 'spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/node/{{ .NodeMeta.Name }}'\n",
+		"another domain":      "registration:\n  spiffeIDTemplate: 'spiffe://other.org/ns/{{ .PodMeta.Namespace }}'\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := cfg(t, extra)
+			ids := NewIDs(c)
+			for i := range maxKnownIDs + 10 {
+				for _, p := range []*corev1.Pod{pod("n"+strconv.Itoa(i%(maxKnownIDs+5)), "api", "a"), pod("n1", "api", "b"), pod("n1", "", "c")} {
+					want, wantErr := SPIFFEID(c, p)
+					got, err := ids.For(p)
+					require.Equal(t, wantErr, err)
+					require.Equal(t, want, got, "%s/%s %s", p.Namespace, p.Spec.ServiceAccountName, p.Name)
+				}
+			}
+			assert.LessOrEqual(t, len(ids.known), maxKnownIDs)
+		})
+	}
 }
 
 func TestDesiredSpec(t *testing.T) {

@@ -3,6 +3,7 @@ package identity
 import (
 	"bytes"
 	"fmt"
+	"sync"
 	"text/template"
 
 	corev1 "k8s.io/api/core/v1"
@@ -59,6 +60,61 @@ func SPIFFEID(cfg *config.Config, pod *corev1.Pod) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("for this pod, registration.spiffeIDTemplate %v", err)
 	}
+	return id, nil
+}
+
+// IDs gives pods the webhook's SPIFFE ID (SPIFFEID) and remembers, when the configured template
+// reads only the namespace and service account (ReadsOnlyNamespaceAndSA), the ID of each namespace
+// and service account: the same for every pod of one, so rendered once rather than on every
+// admission. It holds at most maxKnownIDs IDs, and forgets them all when full. Safe for concurrent
+// use.
+type IDs struct {
+	cfg       *config.Config
+	readsNode bool
+	perSA     bool
+
+	mu    sync.RWMutex
+	known map[serviceAccount]string
+}
+
+type serviceAccount struct{ namespace, name string }
+
+const maxKnownIDs = 4096
+
+// NewIDs returns the IDs of cfg's template.
+func NewIDs(cfg *config.Config) *IDs {
+	t := cfg.SPIFFEIDTemplate()
+	return &IDs{cfg: cfg, readsNode: ReadsNode(t), perSA: ReadsOnlyNamespaceAndSA(t), known: map[serviceAccount]string{}}
+}
+
+// For is SPIFFEID(cfg, pod).
+func (m *IDs) For(pod *corev1.Pod) (string, error) {
+	if m.readsNode {
+		return "", nil
+	}
+	if !m.perSA {
+		return SPIFFEID(m.cfg, pod)
+	}
+	k := serviceAccount{pod.Namespace, pod.Spec.ServiceAccountName}
+	if k.name == "" {
+		k.name = "default" // as Render renders it
+	}
+	m.mu.RLock()
+	id, ok := m.known[k]
+	m.mu.RUnlock()
+	if ok {
+		return id, nil
+	}
+	id, err := SPIFFEID(m.cfg, pod)
+	if err != nil {
+		return "", err
+	}
+	m.mu.Lock()
+	if len(m.known) >= maxKnownIDs {
+		clear(m.known)
+	}
+	m.known[k] = id
+	m.mu.Unlock()
 	return id, nil
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/annotations"
 	"github.com/spire-mesh-injector/spire-mesh-injector/config"
+	"github.com/spire-mesh-injector/spire-mesh-injector/identity"
 )
 
 // Names the webhook owns inside a pod. A pod that already uses one of them for something else is
@@ -78,6 +79,7 @@ const (
 // mutator needs is parsed into it before any mutator runs.
 type state struct {
 	cfg       *config.Config
+	ids       *identity.IDs
 	namespace string
 	mode      annotations.Mode
 	audiences []string
@@ -105,12 +107,13 @@ type mutator interface {
 // Chain runs the mutators in order. It is immutable and safe for concurrent use.
 type Chain struct {
 	cfg   *config.Config
+	ids   *identity.IDs
 	steps []mutator
 }
 
 // NewChain returns the chain for cfg, which must be validated.
 func NewChain(cfg *config.Config) *Chain {
-	return &Chain{cfg: cfg, steps: []mutator{
+	return &Chain{cfg: cfg, ids: identity.NewIDs(cfg), steps: []mutator{
 		stripPrevious{},  // take back what an earlier invocation added, so the result depends only on the pod's final shape
 		reservedNames{},  // names the webhook owns are not the user's to take
 		spireTemplate{},  // mesh pods: undo what Istio's SPIRE template adds beyond our wiring
@@ -130,7 +133,7 @@ func (c *Chain) Run(pod *corev1.Pod, req Request) (Result, error) {
 	if pod.Labels[annotations.InjectionLabel] == annotations.InjectionDisabled {
 		return Result{Skipped: annotations.SkipOptOut}, nil
 	}
-	s := &state{cfg: c.cfg, namespace: req.Namespace}
+	s := &state{cfg: c.cfg, ids: c.ids, namespace: req.Namespace}
 	if v, ok := pod.Annotations[annotations.StatusAnnotation]; ok {
 		prev, err := annotations.ParseStatus(v)
 		if err != nil {

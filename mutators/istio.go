@@ -216,16 +216,12 @@ func (spireTemplate) mutate(pod *corev1.Pod, s *state) error {
 		found = true
 	}
 	if proxy, _, ok := FindContainer(pod, name); ok && s.cfg.Istio.SocketMountPath != istioSPIRETemplateMountPath {
-		kept := proxy.VolumeMounts[:0:0]
-		for _, m := range proxy.VolumeMounts {
-			if m.Name == IstioSocketVolume && m.MountPath == istioSPIRETemplateMountPath {
-				found = true
-				continue
-			}
-			kept = append(kept, m)
+		templates := func(m corev1.VolumeMount) bool {
+			return m.Name == IstioSocketVolume && m.MountPath == istioSPIRETemplateMountPath
 		}
-		if found {
-			proxy.VolumeMounts = kept
+		if slices.ContainsFunc(proxy.VolumeMounts, templates) {
+			proxy.VolumeMounts = slices.DeleteFunc(proxy.VolumeMounts, templates)
+			found = true
 		}
 	}
 	switch {

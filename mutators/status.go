@@ -20,7 +20,7 @@ func (labelsAndStatus) mutate(pod *corev1.Pod, s *state) error {
 	setLabel(pod, annotations.ManagedIdentityLabel, "true")
 	setLabel(pod, annotations.InjectedLabel, string(s.mode))
 
-	id, err := identity.SPIFFEID(s.cfg, identity.InNamespace(pod, s.namespace))
+	id, err := s.ids.For(identity.InNamespace(pod, s.namespace))
 	if err != nil {
 		return invalidf("%v; allowed: pods whose metadata renders a valid SPIFFE ID in trust domain %s", err, s.cfg.TrustDomain)
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -180,7 +181,7 @@ func (h *Handler) Handle(ctx context.Context, body []byte) ([]byte, error) {
 	var fast podReview
 	if inject.Unmarshal(body, &fast) == nil && fast.ok() {
 		req := &fast.Request.AdmissionRequest
-		return EncodeResponse(h.decide(ctx, h.log.WithValues("uid", req.UID, "namespace", req.Namespace), req, fast.Request.Object))
+		return EncodeResponse(h.decide(ctx, h.requestLog(req), req, fast.Request.Object))
 	}
 	review, err := DecodeReview(body)
 	if err != nil {
@@ -191,7 +192,7 @@ func (h *Handler) Handle(ctx context.Context, body []byte) ([]byte, error) {
 
 // Review decides one admission request.
 func (h *Handler) Review(ctx context.Context, req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
-	log := h.log.WithValues("uid", req.UID, "namespace", req.Namespace)
+	log := h.requestLog(req)
 	if !isPodCreate(req) {
 		h.metrics.admissions.WithLabelValues(ResultSkipped, string(annotations.SkipNotPod)).Inc()
 		log.Info("skipped", "name", podName(req), "decision", ResultSkipped, "reason", annotations.SkipNotPod,
@@ -199,18 +200,18 @@ func (h *Handler) Review(ctx context.Context, req *admissionv1.AdmissionRequest)
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}
 	}
 	if len(req.Object.Raw) == 0 {
-		return h.deny(log.WithValues("pod", podName(req)), req, nil, "request.object: missing; allowed: the Pod being created")
+		return h.deny(log.with("pod", podName(req)), req, nil, "request.object: missing; allowed: the Pod being created")
 	}
 	pod, err := inject.DecodePod(req.Object.Raw)
 	if err != nil {
-		return h.deny(log.WithValues("pod", podName(req)), req, nil, "request.object: not a valid Pod: "+err.Error())
+		return h.deny(log.with("pod", podName(req)), req, nil, "request.object: not a valid Pod: "+err.Error())
 	}
 	return h.decide(ctx, log, req, pod)
 }
 
 // decide wires pod, a pod being created, and answers its request.
-func (h *Handler) decide(ctx context.Context, log logr.Logger, req *admissionv1.AdmissionRequest, pod *corev1.Pod) *admissionv1.AdmissionResponse {
-	log = log.WithValues("pod", podNameOf(pod))
+func (h *Handler) decide(ctx context.Context, log reqLog, req *admissionv1.AdmissionRequest, pod *corev1.Pod) *admissionv1.AdmissionResponse {
+	log = log.with("pod", podNameOf(pod))
 
 	out, err := inject.Pod(h.run, pod, req.Namespace)
 	res, ops := out.Result, out.Ops
@@ -230,7 +231,7 @@ func (h *Handler) decide(ctx context.Context, log logr.Logger, req *admissionv1.
 		}
 	case len(ops) == 0:
 		h.metrics.admissions.WithLabelValues(ResultUnchanged, string(res.Mode)).Inc()
-		log.V(1).Info("already wired", "decision", ResultUnchanged, "mode", res.Mode)
+		log.debug("already wired", "decision", ResultUnchanged, "mode", res.Mode)
 		return &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}
 	}
 	resp := &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}
@@ -261,6 +262,36 @@ func (h *Handler) decide(ctx context.Context, log logr.Logger, req *admissionv1.
 	log.Info("wired", "decision", ResultMutated, "mode", res.Mode, "spiffeID", res.Status.SPIFFEID,
 		"registration", res.Status.Registration, "operations", len(ops), "dryRun", dryRun)
 	return resp
+}
+
+// reqLog logs for one admission request: the handler's logger and the request's key-values (uid,
+// namespace, pod), written into each line rather than bound with WithValues, which clones the
+// logger's encoder for every request, whether it then logs or not.
+type reqLog struct {
+	log logr.Logger
+	kv  []any
+}
+
+func (h *Handler) requestLog(req *admissionv1.AdmissionRequest) reqLog {
+	return reqLog{log: h.log, kv: []any{"uid", req.UID, "namespace", req.Namespace}}
+}
+
+// with is l with more key-values.
+func (l reqLog) with(kv ...any) reqLog {
+	return reqLog{log: l.log, kv: append(slices.Clip(l.kv), kv...)}
+}
+
+func (l reqLog) Info(msg string, kv ...any) { l.log.Info(msg, append(slices.Clip(l.kv), kv...)...) }
+
+func (l reqLog) Error(err error, msg string, kv ...any) {
+	l.log.Error(err, msg, append(slices.Clip(l.kv), kv...)...)
+}
+
+// debug logs at verbosity 1.
+func (l reqLog) debug(msg string, kv ...any) {
+	if v := l.log.V(1); v.Enabled() {
+		v.Info(msg, append(slices.Clip(l.kv), kv...)...)
+	}
 }
 
 func podName(req *admissionv1.AdmissionRequest) string {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 
-	"github.com/go-logr/logr"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -20,7 +19,7 @@ import (
 // registrationFailed applies the failure policy when the pod is wired but its namespace's
 // ClusterSPIFFEID could not be ensured: Fail denies the pod; Ignore admits it wired, with a
 // warning, so it gets its identity as soon as the reconciler repairs the registration.
-func (h *Handler) registrationFailed(log logr.Logger, req *admissionv1.AdmissionRequest, wired *admissionv1.AdmissionResponse, err error) *admissionv1.AdmissionResponse {
+func (h *Handler) registrationFailed(log reqLog, req *admissionv1.AdmissionRequest, wired *admissionv1.AdmissionResponse, err error) *admissionv1.AdmissionResponse {
 	warning := "no SPIRE identity until the registration is repaired: " + err.Error()
 	// A warning is cut at 120 characters: lead with the cause, not the object's name.
 	var ee *registration.EnsureError
@@ -32,7 +31,7 @@ func (h *Handler) registrationFailed(log logr.Logger, req *admissionv1.Admission
 
 // deny refuses a pod for a reason its author can fix. allowed:false rejects whatever the
 // webhook's failurePolicy says.
-func (h *Handler) deny(log logr.Logger, req *admissionv1.AdmissionRequest, pod *corev1.Pod, msg string) *admissionv1.AdmissionResponse {
+func (h *Handler) deny(log reqLog, req *admissionv1.AdmissionRequest, pod *corev1.Pod, msg string) *admissionv1.AdmissionResponse {
 	h.metrics.admissions.WithLabelValues(ResultDenied, "invalid-pod").Inc()
 	log.Info("denied", "decision", ResultDenied, "reason", msg)
 	h.event(req, pod, corev1.EventTypeWarning, EventDenied, "spire-mesh-injector: "+msg)
@@ -44,14 +43,14 @@ func (h *Handler) deny(log logr.Logger, req *admissionv1.AdmissionRequest, pod *
 
 // internal applies the configured failure policy to a fault that is not the pod author's; under
 // Ignore the pod is admitted unchanged.
-func (h *Handler) internal(log logr.Logger, req *admissionv1.AdmissionRequest, err error) *admissionv1.AdmissionResponse {
+func (h *Handler) internal(log reqLog, req *admissionv1.AdmissionRequest, err error) *admissionv1.AdmissionResponse {
 	return h.applyPolicy(log, req, "internal-error", &admissionv1.AdmissionResponse{UID: req.UID, Allowed: true}, err,
 		"internal error, pod has no SPIRE identity: "+err.Error())
 }
 
 // applyPolicy answers a fault that is not the pod author's as the configured failure policy says:
 // Fail denies the pod with the cause; Ignore admits `admitted` with a warning kubectl shows.
-func (h *Handler) applyPolicy(log logr.Logger, req *admissionv1.AdmissionRequest, reason string, admitted *admissionv1.AdmissionResponse, err error, warning string) *admissionv1.AdmissionResponse {
+func (h *Handler) applyPolicy(log reqLog, req *admissionv1.AdmissionRequest, reason string, admitted *admissionv1.AdmissionResponse, err error, warning string) *admissionv1.AdmissionResponse {
 	if h.policy == config.FailFail {
 		h.metrics.admissions.WithLabelValues(ResultDenied, reason).Inc()
 		log.Error(err, "denied (failurePolicy Fail)", "decision", ResultDenied, "reason", reason)
