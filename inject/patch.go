@@ -92,10 +92,10 @@ func at(path string, idx int) string { return path + "/" + strconv.Itoa(idx) }
 // only strings, booleans and pointers, so == is a cheap exact test when the mutated pod shares the
 // original's pointers (copyForMutation); an element a mutator rebuilt is compared by value.
 func diffFields[T comparable](ops *[]jsonpatch.Operation, path string, idx int, orig, mut *T) error {
-	if *orig == *mut || equality.Semantic.DeepEqual(orig, mut) {
+	if *orig == *mut {
 		return nil
 	}
-	fieldOps(ops, at(path, idx), orig, mut)
+	fieldOps(ops, at(path, idx), orig, mut) // nothing when every field is equal by value
 	return nil
 }
 

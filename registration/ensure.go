@@ -141,8 +141,10 @@ func (e *Ensurer) ensure(ctx context.Context, ns string, pod *corev1.Pod) ([]str
 		warnings = append(warnings, heldBackWarning(held))
 	}
 
+	// Read only (its labels, creation time and UID), never changed or written back: the cache's
+	// own object, not a deep copy of it on every admission.
 	existing := &spirev1alpha1.ClusterSPIFFEID{}
-	err = e.reader.Get(ctx, types.NamespacedName{Name: name}, existing)
+	err = e.reader.Get(ctx, types.NamespacedName{Name: name}, existing, client.UnsafeDisableDeepCopy)
 	switch {
 	case err == nil:
 	case meta.IsNoMatchError(err):

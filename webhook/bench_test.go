@@ -154,8 +154,8 @@ func serveReview(h http.Handler, body []byte) ([]byte, error) {
 
 // benchCache is a client.Reader that reads as controller-runtime's cache reads its informers'
 // stores (pkg/cache/internal/cache_reader.go): objects kept in a client-go Indexer per kind, as the
-// cache's transforms (registration.CacheOptions) leave them; Get returns a deep copy; List finds
-// objects through the field index registration.IndexManaged sets up, deep-copied unless
+// cache's transforms (registration.CacheOptions) leave them; Get finds them by key, List finds
+// objects through the field index registration.IndexManaged sets up; both deep-copy unless
 // UnsafeDisableDeepCopy. The informers that fill the real cache from an API server are what it
 // leaves out: they run beside admissions, not in them.
 type benchCache struct {
@@ -215,7 +215,7 @@ func (c *benchCache) add(b *testing.B, obj client.Object) {
 	}
 }
 
-func (c *benchCache) Get(_ context.Context, key client.ObjectKey, out client.Object, _ ...client.GetOption) error {
+func (c *benchCache) Get(_ context.Context, key client.ObjectKey, out client.Object, opts ...client.GetOption) error {
 	c.gets++
 	gvk, err := apiutil.GVKForObject(out, c.scheme)
 	if err != nil {
@@ -235,9 +235,16 @@ func (c *benchCache) Get(_ context.Context, key client.ObjectKey, out client.Obj
 	if !exists {
 		return apierrors.NewNotFound(schema.GroupResource{Group: gvk.Group, Resource: gvk.Kind}, key.Name)
 	}
-	cp := obj.(runtime.Object).DeepCopyObject()
-	reflect.Indirect(reflect.ValueOf(out)).Set(reflect.Indirect(reflect.ValueOf(cp)))
-	out.GetObjectKind().SetGroupVersionKind(gvk)
+	var getOpts client.GetOptions
+	getOpts.ApplyOptions(opts)
+	unsafe := getOpts.UnsafeDisableDeepCopy != nil && *getOpts.UnsafeDisableDeepCopy
+	if !unsafe {
+		obj = obj.(runtime.Object).DeepCopyObject()
+	}
+	reflect.Indirect(reflect.ValueOf(out)).Set(reflect.Indirect(reflect.ValueOf(obj)))
+	if !unsafe {
+		out.GetObjectKind().SetGroupVersionKind(gvk)
+	}
 	return nil
 }
 
