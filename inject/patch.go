@@ -24,10 +24,11 @@ import (
 // opted-in namespace; this costs a few microseconds. Why not replace whole containers? An API
 // server newer than our k8s.io/api may send fields our Go types don't know: a replaced subtree
 // would silently drop them. So an element that changed is changed one top-level field at a time
-// (diffFields), never replaced: its unknown fields stay; only elements the webhook adds are added
-// whole (and an element of the webhook's own that an earlier invocation added and this one takes
-// back and adds again, where a pod wired in the other order has it, is removed and added whole). jsonpatch.CreatePatch stays the oracle in tests and fuzzing: both patches applied to the
-// input must give the same pod.
+// (diffFields), never replaced: its unknown fields stay. Only elements the webhook adds are added
+// whole, and an element of the webhook's own that an earlier invocation added and this one takes
+// back and adds again, where a pod wired in the other order has it, is removed and added whole.
+// jsonpatch.CreatePatch stays the oracle in tests and fuzzing: both patches applied to the input
+// must give the same pod.
 func Patch(orig, mut *corev1.Pod) ([]jsonpatch.Operation, error) {
 	ops := make([]jsonpatch.Operation, 0, 16)
 	diffMap(&ops, "/metadata/labels", orig.Labels, mut.Labels)
