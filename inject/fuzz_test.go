@@ -266,14 +266,7 @@ func checkWired(t *testing.T, cfg *config.Config, pod *corev1.Pod, mode annotati
 // may omit, or would move fields our types do not know from one element to another; it is applied
 // to the bytes received only where it applies and they hold no such field.
 func checkOracle(t *testing.T, received []byte, orig, mut *corev1.Pod, ops []gjsonpatch.Operation) {
-	origJS, err := json.Marshal(orig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mutJS, err := json.Marshal(mut)
-	if err != nil {
-		t.Fatal(err)
-	}
+	origJS, mutJS := encodeBoth(t, orig, mut)
 	generic, err := gjsonpatch.CreatePatch(origJS, mutJS)
 	if err != nil {
 		t.Fatalf("generic diff: %v", err)
@@ -432,14 +425,7 @@ func find(doc map[string]any, at []step) map[string]any {
 // exactly as the webhook makes it) that it takes back and adds again where a pod wired in the
 // other order has it: the patch removes and adds it whole, with what it knows of it.
 func checkUnknownKept(t *testing.T, received []byte, orig, mut *corev1.Pod, ops []gjsonpatch.Operation, patched []byte) {
-	origJS, err := json.Marshal(orig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mutJS, err := json.Marshal(mut)
-	if err != nil {
-		t.Fatal(err)
-	}
+	origJS, mutJS := encodeBoth(t, orig, mut)
 	before, _ := podtest.JSONValue(t, origJS).(map[string]any)
 	after, _ := podtest.JSONValue(t, mutJS).(map[string]any)
 	doc, _ := podtest.JSONValue(t, patched).(map[string]any)
@@ -481,6 +467,19 @@ func ownVolumesAddedAgain(orig, mut *corev1.Pod, ops []gjsonpatch.Operation) map
 		out[name] = removed
 	}
 	return out
+}
+
+// encodeBoth is the JSON encoding of the pod as received and as wired.
+func encodeBoth(t *testing.T, orig, mut *corev1.Pod) (origJS, mutJS []byte) {
+	t.Helper()
+	var err error
+	if origJS, err = json.Marshal(orig); err != nil {
+		t.Fatal(err)
+	}
+	if mutJS, err = json.Marshal(mut); err != nil {
+		t.Fatal(err)
+	}
+	return origJS, mutJS
 }
 
 // untouched says whether the object at `at` is one the builder keeps (the pod, metadata, spec, and
