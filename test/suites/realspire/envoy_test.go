@@ -170,6 +170,7 @@ func (w *sdsWatch) stream(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		sdsNonces.Store(resp.GetNonce(), true)
 		req = &discoveryv3.DiscoveryRequest{TypeUrl: secretTypeURL, ResourceNames: []string{w.name}, ResponseNonce: resp.GetNonce()}
 		s, err := decodeSecret(w.name, resp)
 		if err != nil {
@@ -182,6 +183,9 @@ func (w *sdsWatch) stream(ctx context.Context) error {
 		w.accept(s)
 	}
 }
+
+// sdsNonces are the nonces of every SDS response an sdsWatch of this process received.
+var sdsNonces sync.Map
 
 func (w *sdsWatch) accept(s *sdsSecret) {
 	w.mu.Lock()
