@@ -1,6 +1,8 @@
 package annotations
 
 import (
+	"encoding/json"
+	"math/rand/v2"
 	"strings"
 	"testing"
 
@@ -64,4 +66,48 @@ func TestStatusRoundTrip(t *testing.T) {
 	require.ErrorContains(t, err, "not valid JSON")
 	_, err = ParseStatus(`{"version":7}`)
 	require.ErrorContains(t, err, "version 7; allowed: 1")
+}
+
+// TestStatusEncodeIsEncodingJSON: the status annotation, written directly, is byte for byte what
+// encoding/json writes for Status, for every field empty, nil or set, and for strings that need
+// escaping.
+func TestStatusEncodeIsEncodingJSON(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	strs := []string{"", "a", "istio-proxy", `q"<&>`, "é\u2028", "\xff", "spiffe://example.org/ns/a/sa/b"}
+	str := func() string { return strs[r.IntN(len(strs))] }
+	list := func() []string {
+		switch r.IntN(4) {
+		case 0:
+			return nil
+		case 1:
+			return []string{}
+		}
+		out := make([]string, r.IntN(3)+1)
+		for i := range out {
+			out[i] = str()
+		}
+		return out
+	}
+	mapOf := func() map[string][]string {
+		switch r.IntN(3) {
+		case 0:
+			return nil
+		case 1:
+			return map[string][]string{}
+		}
+		m := map[string][]string{}
+		for range r.IntN(4) + 1 {
+			m[str()] = list()
+		}
+		return m
+	}
+	for range 2000 {
+		s := Status{Version: r.IntN(3), Mode: Mode(str()), Skipped: SkipReason(str()), SPIFFEID: str(), Registration: str(),
+			Audiences: list(), Volumes: list(), Containers: list(), Mounts: mapOf(), Env: mapOf(), ConfigVersion: str()}
+		got := s.Encode()
+		s.Version = StatusVersion
+		want, err := json.Marshal(s)
+		require.NoError(t, err)
+		require.Equal(t, string(want), got)
+	}
 }

@@ -3,6 +3,11 @@ package annotations
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/jsonenc"
 )
 
 // Mode says how the webhook wired a pod.
@@ -82,13 +87,70 @@ func ParseStatus(value string) (Status, error) {
 	return s, nil
 }
 
-// Encode returns the annotation value. Map keys come out sorted, so equal statuses encode equally.
+// Encode returns the annotation value: Status as encoding/json encodes it (with the current
+// version), written directly since every wired pod gets one. Map keys come out sorted, so equal
+// statuses encode equally. TestStatusEncodeIsEncodingJSON holds it to encoding/json.
 func (s Status) Encode() string {
-	s.Version = StatusVersion
-	b, err := json.Marshal(s)
-	if err != nil {
-		// Status holds only strings, slices and maps of strings: Marshal cannot fail.
-		panic(err)
+	buf := make([]byte, 0, 256)
+	buf = append(buf, `{"version":`...)
+	buf = strconv.AppendInt(buf, StatusVersion, 10)
+	buf = appendStringField(buf, "mode", string(s.Mode))
+	buf = appendStringField(buf, "skipped", string(s.Skipped))
+	buf = appendStringField(buf, "spiffeID", s.SPIFFEID)
+	buf = appendStringField(buf, "registration", s.Registration)
+	buf = appendListField(buf, "audiences", s.Audiences)
+	buf = appendListField(buf, "volumes", s.Volumes)
+	buf = appendListField(buf, "containers", s.Containers)
+	buf = appendMapField(buf, "mounts", s.Mounts)
+	buf = appendMapField(buf, "env", s.Env)
+	buf = appendStringField(buf, "configVersion", s.ConfigVersion)
+	return string(append(buf, '}'))
+}
+
+// The fields of Status, each left out when empty (omitempty).
+
+func appendStringField(buf []byte, name, v string) []byte {
+	if v == "" {
+		return buf
 	}
-	return string(b)
+	buf = append(append(append(buf, ',', '"'), name...), '"', ':')
+	return jsonenc.AppendString(buf, v)
+}
+
+func appendListField(buf []byte, name string, v []string) []byte {
+	if len(v) == 0 {
+		return buf
+	}
+	buf = append(append(append(buf, ',', '"'), name...), '"', ':')
+	return appendList(buf, v)
+}
+
+// appendList writes a list as encoding/json does: null when nil.
+func appendList(buf []byte, v []string) []byte {
+	if v == nil {
+		return append(buf, "null"...)
+	}
+	buf = append(buf, '[')
+	for i, s := range v {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = jsonenc.AppendString(buf, s)
+	}
+	return append(buf, ']')
+}
+
+func appendMapField(buf []byte, name string, m map[string][]string) []byte {
+	if len(m) == 0 {
+		return buf
+	}
+	buf = append(append(append(buf, ',', '"'), name...), '"', ':', '{')
+	for i, k := range slices.Sorted(maps.Keys(m)) {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = append(jsonenc.AppendString(buf, k), ':')
+		buf = appendList(buf, m[k])
+	}
+	return append(buf, '}')
 }

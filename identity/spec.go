@@ -28,22 +28,38 @@ type Spec struct {
 // DesiredSpec is namespace ns's registration spec under cfg. nsAnnotations, the namespace's
 // annotations when known, add per-namespace trust domains to federate with.
 func DesiredSpec(cfg *config.Config, ns string, nsAnnotations map[string]string) (Spec, error) {
-	r := cfg.Registration
-	federates := slices.Clone(r.FederatesWith)
+	federates, err := FederatesWith(cfg, nsAnnotations)
+	if err != nil {
+		return Spec{}, err
+	}
+	return SpecWith(cfg, ns, federates), nil
+}
+
+// FederatesWith is the trust domains namespace ns's registration asks to federate with under cfg:
+// the configured ones and those the namespace's annotations add, sorted, each once; nil when none.
+// It is DesiredSpec's only check of the namespace's annotations.
+func FederatesWith(cfg *config.Config, nsAnnotations map[string]string) ([]string, error) {
+	federates := slices.Clone(cfg.Registration.FederatesWith)
 	if v, ok := nsAnnotations[annotations.FederatesWithAnnotation]; ok {
 		extra, err := annotations.ParseFederatesWith(v)
 		if err != nil {
-			return Spec{}, err
+			return nil, err
 		}
 		for _, td := range extra {
 			if td == cfg.TrustDomain {
-				return Spec{}, fmt.Errorf("namespace annotation %s: %q is the cluster's own trust domain; allowed: other trust domains", annotations.FederatesWithAnnotation, td)
+				return nil, fmt.Errorf("namespace annotation %s: %q is the cluster's own trust domain; allowed: other trust domains", annotations.FederatesWithAnnotation, td)
 			}
 		}
 		federates = append(federates, extra...)
 	}
 	slices.Sort(federates)
-	federates = slices.Compact(federates)
+	return slices.Compact(federates), nil
+}
+
+// SpecWith is namespace ns's registration spec under cfg, federating with federates (as
+// FederatesWith gives them, or fewer).
+func SpecWith(cfg *config.Config, ns string, federates []string) Spec {
+	r := cfg.Registration
 	return Spec{
 		SPIFFEIDTemplate:     r.SPIFFEIDTemplate,
 		TTL:                  r.TTL.Duration,
@@ -54,7 +70,7 @@ func DesiredSpec(cfg *config.Config, ns string, nsAnnotations map[string]string)
 		ClassName:            r.ClassName,
 		NamespaceSelector:    &metav1.LabelSelector{MatchLabels: map[string]string{NamespaceNameLabel: ns}},
 		PodSelector:          WiredPodSelector(),
-	}, nil
+	}
 }
 
 // Federation is what spire-controller-manager can federate with: each trust domain a
@@ -69,19 +85,25 @@ type Federation map[string]bool
 // one trust domain that no ClusterFederatedTrustDomain backs (a typo) would leave every pod the
 // registration selects without an SVID. A nil fed (unknown, as offline) holds nothing back.
 func (s Spec) HoldBack(fed Federation) (Spec, []string) {
-	if fed == nil || len(s.FederatesWith) == 0 {
-		return s, nil
+	var held []string
+	s.FederatesWith, held = HoldBack(s.FederatesWith, fed)
+	return s, held
+}
+
+// HoldBack splits the trust domains federates into those fed names (kept) and the others (held),
+// keeping their order; a nil fed holds nothing back (Spec.HoldBack).
+func HoldBack(federates []string, fed Federation) (kept, held []string) {
+	if fed == nil || len(federates) == 0 {
+		return federates, nil
 	}
-	var kept, held []string
-	for _, td := range s.FederatesWith {
+	for _, td := range federates {
 		if _, ok := fed[td]; ok {
 			kept = append(kept, td)
 		} else {
 			held = append(held, td)
 		}
 	}
-	s.FederatesWith = kept
-	return s, held
+	return kept, held
 }
 
 // WiredPodSelector selects only pods the webhook wired, and never a pod that opted out: a hand-set

@@ -1,6 +1,7 @@
 package inject
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -91,6 +92,7 @@ func checkChain(t *testing.T, chain *mutators.Chain, received []byte, ns string)
 	}
 	snapshot := orig.DeepCopy()
 	out, err := Pod(chain.Run, orig, ns)
+	defer out.Release() // the next input's copy reuses its storage, as the next admission's does
 	if !equality.Semantic.DeepEqual(snapshot, orig) {
 		t.Fatalf("a mutator modified the original pod in place:\n%s", cmp.Diff(snapshot, orig))
 	}
@@ -107,9 +109,10 @@ func checkChain(t *testing.T, chain *mutators.Chain, received []byte, ns string)
 	if mut == nil {
 		mut = orig // nothing changed
 	}
-	patched, err := podtest.ApplyOps(received, out.Ops)
+	checkEncoded(t, out.Ops, out.Patch)
+	patched, err := podtest.ApplyPatch(received, out.Patch)
 	if err != nil {
-		t.Fatalf("patch does not apply to the bytes received: %v\n%v", err, out.Ops)
+		t.Fatalf("patch does not apply to the bytes received: %v\n%s", err, out.Patch)
 	}
 	got := podtest.Decode(t, patched)
 	if !equality.Semantic.DeepEqual(mut, got) {
@@ -127,6 +130,35 @@ func checkChain(t *testing.T, chain *mutators.Chain, received []byte, ns string)
 	}
 	if len(again.Ops) > 0 {
 		t.Fatalf("second run changes the pod: %v", again.Ops)
+	}
+	again.Release()
+}
+
+// checkEncoded checks the patch as it goes on the wire against encoding/json's encoding of the
+// operations (each {"op","path","value"}, the value left out only when nil), byte for byte.
+func checkEncoded(t *testing.T, ops []gjsonpatch.Operation, patch []byte) {
+	t.Helper()
+	if len(ops) == 0 {
+		if patch != nil {
+			t.Fatalf("no operations but a patch: %s", patch)
+		}
+		return
+	}
+	type wireOp struct {
+		Op    string `json:"op"`
+		Path  string `json:"path"`
+		Value any    `json:"value,omitempty"`
+	}
+	wire := make([]wireOp, len(ops))
+	for i, op := range ops {
+		wire[i] = wireOp{op.Operation, op.Path, op.Value}
+	}
+	want, err := json.Marshal(wire)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(patch, want) {
+		t.Fatalf("patch encoded as\n%s\nencoding/json encodes it as\n%s", patch, want)
 	}
 }
 

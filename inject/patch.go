@@ -8,10 +8,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"gomodules.xyz/jsonpatch/v2"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+
+	"github.com/spire-mesh-injector/spire-mesh-injector/jsonenc"
 )
 
 // Patch is the one place where JSON patch operations are made: it compares the pod as it arrived
@@ -30,7 +33,11 @@ import (
 // jsonpatch.CreatePatch stays the oracle in tests and fuzzing: both patches applied to the input
 // must give the same pod.
 func Patch(orig, mut *corev1.Pod) ([]jsonpatch.Operation, error) {
-	ops := make([]jsonpatch.Operation, 0, 16)
+	return appendOps(make([]jsonpatch.Operation, 0, 16), orig, mut)
+}
+
+// appendOps appends Patch's operations to ops.
+func appendOps(ops []jsonpatch.Operation, orig, mut *corev1.Pod) ([]jsonpatch.Operation, error) {
 	diffMap(&ops, "/metadata/labels", orig.Labels, mut.Labels)
 	diffMap(&ops, "/metadata/annotations", orig.Annotations, mut.Annotations)
 	if err := diffList(&ops, "/spec/volumes", orig.Spec.Volumes, mut.Spec.Volumes, volumeName, diffFields[corev1.Volume]); err != nil {
@@ -59,6 +66,27 @@ func escape(s string) string {
 	return s
 }
 
+// keyPath is path/escape(key), built in one allocation: most label and annotation keys hold a /.
+func keyPath(path, key string) string {
+	var b strings.Builder
+	b.Grow(len(path) + len(key) + 4) // room for a key's usual one / escaped
+	b.WriteString(path)
+	b.WriteByte('/')
+	for i := 0; i < len(key); i++ {
+		switch key[i] {
+		case '~':
+			b.WriteString("~0")
+		case '/':
+			b.WriteString("~1")
+		default:
+			b.WriteByte(key[i])
+		}
+	}
+	return b.String()
+}
+
+// diffMap emits the operations on a map's keys sorted by key (changes, then removals), so that
+// one pod gives one patch, whatever order Go's maps iterate in.
 func diffMap(ops *[]jsonpatch.Operation, path string, orig, mut map[string]string) {
 	if len(orig) == 0 {
 		if len(mut) > 0 {
@@ -66,17 +94,32 @@ func diffMap(ops *[]jsonpatch.Operation, path string, orig, mut map[string]strin
 		}
 		return
 	}
+	start, kept := len(*ops), 0
 	for k, v := range mut {
 		if ov, ok := orig[k]; !ok {
-			*ops = append(*ops, jsonpatch.NewOperation("add", path+"/"+escape(k), v))
-		} else if ov != v {
-			*ops = append(*ops, jsonpatch.NewOperation("replace", path+"/"+escape(k), v))
+			*ops = append(*ops, jsonpatch.NewOperation("add", keyPath(path, k), v))
+		} else {
+			kept++
+			if ov != v {
+				*ops = append(*ops, jsonpatch.NewOperation("replace", keyPath(path, k), v))
+			}
 		}
 	}
-	for k := range orig {
-		if _, ok := mut[k]; !ok {
-			*ops = append(*ops, jsonpatch.NewOperation("remove", path+"/"+escape(k), nil))
+	changed := len(*ops)
+	if kept < len(orig) { // some key is gone
+		for k := range orig {
+			if _, ok := mut[k]; !ok {
+				*ops = append(*ops, jsonpatch.NewOperation("remove", keyPath(path, k), nil))
+			}
 		}
+	}
+	sortByPath((*ops)[start:changed])
+	sortByPath((*ops)[changed:])
+}
+
+func sortByPath(ops []jsonpatch.Operation) {
+	if len(ops) > 1 {
+		slices.SortFunc(ops, func(a, b jsonpatch.Operation) int { return strings.Compare(a.Path, b.Path) })
 	}
 }
 
@@ -91,7 +134,7 @@ func at(path string, idx int) string { return path + "/" + strconv.Itoa(idx) }
 // itself is never replaced, so fields our Go types do not know (sent by a newer API server) stay
 // as they are, whatever the webhook changed beside them. Volumes, env vars and volume mounts hold
 // only strings, booleans and pointers, so == is a cheap exact test when the mutated pod shares the
-// original's pointers (copyForMutation); an element a mutator rebuilt is compared by value.
+// original's pointers (scratch.copyOf); an element a mutator rebuilt is compared by value.
 func diffFields[T comparable](ops *[]jsonpatch.Operation, path string, idx int, orig, mut *T) error {
 	if *orig == *mut {
 		return nil
@@ -108,6 +151,9 @@ func fieldOps[T any](ops *[]jsonpatch.Operation, path string, orig, mut *T) {
 	o, m := reflect.ValueOf(orig).Elem(), reflect.ValueOf(mut).Elem()
 	var removed []string
 	for _, f := range jsonFieldsOf(o.Type()) {
+		if f.sameBytes(unsafe.Pointer(orig), unsafe.Pointer(mut)) {
+			continue // the very same value: present in both or in neither, and equal
+		}
 		of, mf := o.FieldByIndex(f.index), m.FieldByIndex(f.index)
 		inO, inM := f.present(of), f.present(mf)
 		switch {
@@ -130,6 +176,15 @@ type jsonField struct {
 	index     []int
 	name      string
 	omitEmpty bool
+	// offset and size locate the field's memory in the outermost struct.
+	offset, size uintptr
+}
+
+// sameBytes reports whether the field holds the very same bytes in the structs at a and b, the
+// cheap test that skips a field the mutators did not touch (sameBytes, below).
+func (f *jsonField) sameBytes(a, b unsafe.Pointer) bool {
+	n := int(f.size)
+	return unsafe.String((*byte)(unsafe.Add(a, f.offset)), n) == unsafe.String((*byte)(unsafe.Add(b, f.offset)), n)
 }
 
 // present reports whether encoding/json writes the field with value v.
@@ -166,8 +221,8 @@ func jsonFieldsOf(t reflect.Type) []jsonField {
 		return fs.([]jsonField)
 	}
 	var out []jsonField
-	var walk func(t reflect.Type, prefix []int)
-	walk = func(t reflect.Type, prefix []int) {
+	var walk func(t reflect.Type, prefix []int, base uintptr)
+	walk = func(t reflect.Type, prefix []int, base uintptr) {
 		for i := range t.NumField() {
 			sf := t.Field(i)
 			tag := sf.Tag.Get("json")
@@ -177,7 +232,7 @@ func jsonFieldsOf(t reflect.Type) []jsonField {
 			name, opts, _ := strings.Cut(tag, ",")
 			index := append(slices.Clone(prefix), i)
 			if sf.Anonymous && name == "" && sf.Type.Kind() == reflect.Struct {
-				walk(sf.Type, index)
+				walk(sf.Type, index, base+sf.Offset)
 				continue
 			}
 			if !sf.IsExported() {
@@ -186,10 +241,11 @@ func jsonFieldsOf(t reflect.Type) []jsonField {
 			if name == "" {
 				name = sf.Name
 			}
-			out = append(out, jsonField{index: index, name: escape(name), omitEmpty: slices.Contains(strings.Split(opts, ","), "omitempty")})
+			out = append(out, jsonField{index: index, name: escape(name), omitEmpty: slices.Contains(strings.Split(opts, ","), "omitempty"),
+				offset: base + sf.Offset, size: sf.Type.Size()})
 		}
 	}
-	walk(t, nil)
+	walk(t, nil, 0)
 	jsonFieldCache.Store(t, out)
 	return out
 }
@@ -200,7 +256,7 @@ func jsonFieldsOf(t reflect.Type) []jsonField {
 func diffContainer(ops *[]jsonpatch.Operation, path string, idx int, orig, mut *corev1.Container) error {
 	envSame, mountsSame := same(orig.Env, mut.Env), same(orig.VolumeMounts, mut.VolumeMounts)
 	cpath := at(path, idx)
-	if !sharedButLists(orig, mut) {
+	if !sameButLists(orig, mut) {
 		if o, m := withoutLists(orig), withoutLists(mut); !equality.Semantic.DeepEqual(&o, &m) {
 			fieldOps(ops, cpath, &o, &m)
 		}
@@ -216,35 +272,27 @@ func diffContainer(ops *[]jsonpatch.Operation, path string, idx int, orig, mut *
 	return diffList(ops, cpath+"/volumeMounts", orig.VolumeMounts, mut.VolumeMounts, mountPath, diffFields[corev1.VolumeMount])
 }
 
-// The fields of a container that diffContainer diffs element by element.
-var (
-	containerEnv    = fieldIndex[corev1.Container]("Env")
-	containerMounts = fieldIndex[corev1.Container]("VolumeMounts")
-)
-
-func fieldIndex[T any](name string) int {
-	f, ok := reflect.TypeFor[T]().FieldByName(name)
-	if !ok || len(f.Index) != 1 {
-		panic("no top-level field " + name)
-	}
-	return f.Index[0]
+// sameButLists reports whether two containers hold the very same bytes in every field but their
+// env and volume mounts: what scratch.copyOf leaves a container no mutator touched (equal
+// scalars; slices, maps, pointers and strings sharing their memory). It decides the common case
+// without reflection or allocation; false only means "compare by value".
+func sameButLists(orig, mut *corev1.Container) bool {
+	o, m := *orig, *mut
+	o.Env, o.VolumeMounts, m.Env, m.VolumeMounts = nil, nil, nil, nil
+	return sameBytes(&o, &m)
 }
 
-// sharedButLists reports whether two containers share every field but their env and volume
-// mounts (shared).
-func sharedButLists(orig, mut *corev1.Container) bool {
-	a, b := reflect.ValueOf(orig).Elem(), reflect.ValueOf(mut).Elem()
-	for i := range a.NumField() {
-		if i != containerEnv && i != containerMounts && !shared(a.Field(i), b.Field(i)) {
-			return false
-		}
-	}
-	return true
+// sameBytes reports whether *a and *b are byte for byte the same memory contents. Struct padding
+// is copied with the struct, so a copy compares equal; were it ever not, the answer would only be
+// a false "not the same", which callers treat as "compare by value".
+func sameBytes[T any](a, b *T) bool {
+	n := int(unsafe.Sizeof(*a))
+	return unsafe.String((*byte)(unsafe.Pointer(a)), n) == unsafe.String((*byte)(unsafe.Pointer(b)), n)
 }
 
 // shared reports whether a and b, of one type, hold the very same values: equal scalars, and
 // slices, maps and pointers that point at the same memory. It is the cheap, allocation-free test
-// for an element the mutators did not touch, whose copy (copyForMutation) shares all of that with
+// for an element the mutators did not touch, whose copy (scratch.copyOf) shares all of that with
 // the original; false only means "compare by value".
 func shared(a, b reflect.Value) bool {
 	switch a.Kind() {
@@ -297,8 +345,15 @@ func diffList[T any](ops *[]jsonpatch.Operation, path string, orig, mut []T, key
 		return nil
 	}
 	next := matcher(orig, key)
-	matched := make([]int, len(mut))
-	used := make([]bool, len(orig))
+	// Lists of up to 64 elements (nearly all) are matched without allocating.
+	var matchedBuf [64]int
+	var usedBuf [64]bool
+	matched, used := matchedBuf[:0], usedBuf[:0]
+	if len(mut) > len(matchedBuf) || len(orig) > len(usedBuf) {
+		matched, used = make([]int, len(mut)), make([]bool, len(orig))
+	} else {
+		matched, used = matchedBuf[:len(mut)], usedBuf[:len(orig)]
+	}
 	last, kept := -1, 0
 	for i := range mut {
 		j := next(key(&mut[i]), last)
@@ -364,24 +419,59 @@ func matcher[T any](list []T, key func(*T) string) func(k string, after int) int
 	}
 }
 
-// patchOp is a JSON patch operation as it goes on the wire. jsonpatch.Operation's own MarshalJSON
-// marshals each value separately and encoding/json then re-validates and compacts that output:
-// encoding one plain struct slice costs half as much.
-type patchOp struct {
-	Op    string `json:"op"`
-	Path  string `json:"path"`
-	Value any    `json:"value,omitempty"`
+// EncodePatch encodes ops as a JSON patch document, byte for byte as encoding/json encodes them
+// ({"op","path","value"} with the value left out only when nil): a remove carries no value, every
+// other operation carries its value, whatever it is. The document is written directly; only a
+// value that is not a string (a volume, an env var, a map) goes through encoding/json.
+// jsonpatch.Operation's own MarshalJSON marshals each value separately and encoding/json then
+// re-validates and compacts that output.
+func EncodePatch(ops []jsonpatch.Operation) ([]byte, error) {
+	return appendPatch(make([]byte, 0, 128*len(ops)), ops)
 }
 
-// EncodePatch encodes ops as a JSON patch document. A remove carries no value; every other
-// operation carries its value, whatever it is.
-func EncodePatch(ops []jsonpatch.Operation) ([]byte, error) {
-	wire := make([]patchOp, len(ops))
+// appendPatch appends EncodePatch's document to buf.
+func appendPatch(buf []byte, ops []jsonpatch.Operation) ([]byte, error) {
+	w := &appendWriter{buf: buf}
+	var enc *json.Encoder // for the values that are not strings or booleans, writing into w
+	buf = append(buf, '[')
 	for i, op := range ops {
-		wire[i] = patchOp{Op: op.Operation, Path: op.Path, Value: op.Value}
 		if op.Operation != "remove" && op.Value == nil {
 			return nil, fmt.Errorf("patch operation %s %s has no value", op.Operation, op.Path)
 		}
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, `{"op":`...)
+		buf = jsonenc.AppendString(buf, op.Operation)
+		buf = append(buf, `,"path":`...)
+		buf = jsonenc.AppendString(buf, op.Path)
+		if op.Value != nil {
+			buf = append(buf, `,"value":`...)
+			switch v := op.Value.(type) {
+			case string:
+				buf = jsonenc.AppendString(buf, v)
+			case bool:
+				buf = strconv.AppendBool(buf, v)
+			default:
+				if enc == nil {
+					enc = json.NewEncoder(w)
+				}
+				w.buf = buf
+				if err := enc.Encode(v); err != nil {
+					return nil, fmt.Errorf("patch operation %s %s: %w", op.Operation, op.Path, err)
+				}
+				buf = w.buf[:len(w.buf)-1] // Encode ends the value with a newline
+			}
+		}
+		buf = append(buf, '}')
 	}
-	return json.Marshal(wire)
+	return append(buf, ']'), nil
+}
+
+// appendWriter is an io.Writer appending to buf.
+type appendWriter struct{ buf []byte }
+
+func (w *appendWriter) Write(p []byte) (int, error) {
+	w.buf = append(w.buf, p...)
+	return len(p), nil
 }

@@ -3,13 +3,16 @@ package inject
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	jsonpatch "gomodules.xyz/jsonpatch/v2"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 
@@ -274,4 +277,97 @@ func fill(v reflect.Value, depth int) {
 	case reflect.Float32, reflect.Float64:
 		v.SetFloat(1)
 	}
+}
+
+// TestEncodePatchIsEncodingJSON: the patch is written directly, and must be what encoding/json
+// writes for the same operations, byte for byte, whatever the strings hold (HTML characters,
+// control characters, non-ASCII, invalid UTF-8, U+2028) and whatever the values are.
+func TestEncodePatchIsEncodingJSON(t *testing.T) {
+	strs := []string{"", "plain", "spiffe.io~1audience", `quo"te`, `back\slash`, "a<b>&c", "tab\there", "nul\x00", "\x7f",
+		"café", "line\u2028sep", "bad\xffutf8", "emoji 🙂", strings.Repeat("x", 300)}
+	var ops []jsonpatch.Operation
+	for _, s := range strs {
+		ops = append(ops, jsonpatch.NewOperation("add", "/metadata/annotations/"+escape(s), s), jsonpatch.NewOperation("replace", s, s))
+	}
+	readOnly := true
+	ops = append(ops,
+		jsonpatch.NewOperation("remove", "/spec/volumes/0/emptyDir", nil),
+		jsonpatch.NewOperation("add", "/metadata/labels", map[string]string{"b": "<2>", "a": "1"}),
+		jsonpatch.NewOperation("add", "/spec/volumes/0/csi", &corev1.CSIVolumeSource{Driver: "csi.spiffe.io", ReadOnly: &readOnly}),
+		jsonpatch.NewOperation("add", "/spec/containers/0/env/-", corev1.EnvVar{Name: "X", Value: "<&>"}),
+		jsonpatch.NewOperation("add", "/spec/containers/0/volumeMounts/0/readOnly", true),
+		jsonpatch.NewOperation("add", "/spec/containers/0/ports", []corev1.ContainerPort{{ContainerPort: 8080}}),
+		jsonpatch.NewOperation("remove", "/x", "a remove with a value keeps it, as encoding/json does"),
+	)
+	for i := range ops {
+		got, err := EncodePatch(ops[i : i+1])
+		require.NoError(t, err)
+		checkEncoded(t, ops[i:i+1], got)
+	}
+	got, err := EncodePatch(ops)
+	require.NoError(t, err)
+	checkEncoded(t, ops, got)
+
+	_, err = EncodePatch([]jsonpatch.Operation{jsonpatch.NewOperation("add", "/a", nil)})
+	require.ErrorContains(t, err, "patch operation add /a has no value")
+}
+
+// TestReleasedStorageChangesNothing: an admission's copy reuses the storage of the one before
+// (Outcome.Release). Every fixture wired after every other, each outcome released before the next
+// admission, gives exactly the pod and the patch it gives on storage of its own: the same patch
+// byte for byte, whatever order Go's maps iterate in.
+func TestReleasedStorageChangesNothing(t *testing.T) {
+	chain := mutators.NewChain(podtest.Config(t))
+	inputs, err := filepath.Glob(fixtures + "*.yaml")
+	require.NoError(t, err)
+	var pods []*corev1.Pod
+	var want []Outcome
+	for _, in := range inputs {
+		if strings.HasSuffix(in, ".golden.yaml") {
+			continue
+		}
+		_, pod := podtest.Load(t, in)
+		out, err := Pod(chain.Run, pod, "shop") // never released: storage of its own
+		require.NoError(t, err, in)
+		pods, want = append(pods, pod), append(want, out)
+	}
+	require.Greater(t, len(pods), 5)
+	for _, first := range pods {
+		out, err := Pod(chain.Run, first, "shop")
+		require.NoError(t, err)
+		out.Release()
+		require.Nil(t, out.Pod, "a released outcome no longer offers its pod")
+		for i, pod := range pods {
+			got, err := Pod(chain.Run, pod, "shop")
+			require.NoError(t, err)
+			require.Equal(t, string(want[i].Patch), string(got.Patch))
+			require.True(t, equality.Semantic.DeepEqual(want[i].Pod, got.Pod), cmp.Diff(want[i].Pod, got.Pod))
+			got.Release()
+		}
+	}
+}
+
+// TestCopyKeepsNilAndEmptyApart: the copy says "no volumes" as the pod does (absent or []), and
+// leaves only its own room after a copied list, so that a mutator's appends cannot write into the
+// next container's storage.
+func TestCopyKeepsNilAndEmptyApart(t *testing.T) {
+	s := &scratch{env: make([]corev1.EnvVar, 0, 16)} // as after an earlier admission: room to spare
+	pod := &corev1.Pod{Spec: corev1.PodSpec{Volumes: []corev1.Volume{}, Containers: []corev1.Container{
+		{Name: "a", Env: []corev1.EnvVar{{Name: "X"}}}, {Name: "b", Env: make([]corev1.EnvVar, 1, 8)}}}}
+	pod.Labels = map[string]string{}
+	mut := s.copyOf(pod)
+	require.NotNil(t, mut.Spec.Volumes)
+	require.Nil(t, mut.Spec.InitContainers)
+	require.Nil(t, mut.Annotations)
+	require.NotNil(t, mut.Labels)
+	for i := range mut.Spec.Containers {
+		c := &mut.Spec.Containers[i]
+		require.Equal(t, len(c.Env)+slack, cap(c.Env), "container %s", c.Name)
+	}
+	a := &mut.Spec.Containers[0]
+	for i := range slack + 1 {
+		a.Env = append(a.Env, corev1.EnvVar{Name: fmt.Sprint("Y", i)})
+		require.Equal(t, "", mut.Spec.Containers[1].Env[0].Name, "an append to one container's env changed the next one's")
+	}
+	require.Len(t, pod.Spec.Containers[0].Env, 1)
 }

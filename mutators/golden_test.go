@@ -54,6 +54,7 @@ func TestGolden(t *testing.T) {
 			snapshot := pod.DeepCopy()
 			res, err := inject.Pod(chain.Run, orig, ns)
 			require.NoError(t, err)
+			defer res.Release() // the next case's copy reuses its storage, as the next admission's does
 			require.True(t, equality.Semantic.DeepEqual(snapshot, orig), "a mutator modified the original pod in place:\n%s", cmp.Diff(snapshot, orig))
 			pod = res.Pod
 			patched := podtest.Apply(t, js, res.Ops)
@@ -87,6 +88,7 @@ func TestGolden(t *testing.T) {
 			again, err := inject.Pod(chain.Run, got, ns)
 			require.NoError(t, err)
 			require.Empty(t, again.Ops, "second run changed the pod")
+			again.Release()
 
 			out, err := yaml.JSONToYAML(patched)
 			require.NoError(t, err)

@@ -14,6 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/record"
@@ -27,6 +28,10 @@ import (
 // ManagedIndex is the cache field index that tells the webhook's ClusterSPIFFEIDs ("true") from
 // everybody else's ("false"), so that looking at other registrations costs no scan of ours.
 const ManagedIndex = "spire-mesh-injector.io/managed"
+
+// unmanaged lists, from the cache, the ClusterSPIFFEIDs that are not the webhook's (ManagedIndex
+// "false"); built once, not on every admission.
+var unmanaged = client.MatchingFieldsSelector{Selector: fields.OneTermEqualSelector(ManagedIndex, "false")}
 
 // recentTTL is how long a namespace whose registration was just created is trusted to have one
 // while the cache catches up with the create: admissions in the meantime need no API call.
@@ -100,13 +105,15 @@ func (e *Ensurer) Ensure(ctx context.Context, ns string, pod *corev1.Pod) ([]str
 
 func (e *Ensurer) ensure(ctx context.Context, ns string, pod *corev1.Pod) ([]string, error) {
 	name := identity.Name(ns)
+	// The namespace is read only (its labels, annotations and UID), never changed: the cache's own
+	// object, not a deep copy of it on every admission.
 	var nsMeta *metav1.PartialObjectMetadata
 	getNamespace := func() (*metav1.PartialObjectMetadata, error) {
 		if nsMeta != nil {
 			return nsMeta, nil
 		}
 		m := namespaceMeta()
-		if err := e.reader.Get(ctx, types.NamespacedName{Name: ns}, m); err != nil {
+		if err := e.reader.Get(ctx, types.NamespacedName{Name: ns}, m, client.UnsafeDisableDeepCopy); err != nil {
 			return nil, fmt.Errorf("reading namespace %s: %w", ns, err)
 		}
 		nsMeta = m
@@ -124,17 +131,20 @@ func (e *Ensurer) ensure(ctx context.Context, ns string, pod *corev1.Pod) ([]str
 	if err != nil {
 		return nil, err
 	}
-	requested, err := identity.DesiredSpec(e.cfg, ns, m.Annotations)
+	// The namespace's annotations are checked on every admission; the whole spec is built only
+	// when another registration must be compared with it (checkOthers) or ours created.
+	requested, err := identity.FederatesWith(e.cfg, m.Annotations)
 	if err != nil {
 		return nil, &EnsureError{Namespace: ns, Name: name, Reason: ReasonInvalid, Err: err}
 	}
 	var fed identity.Federation
-	if len(requested.FederatesWith) > 0 {
+	if len(requested) > 0 {
 		if fed, err = Federation(ctx, e.reader, e.cfg.Registration.ClassName); err != nil {
 			return nil, err
 		}
 	}
-	spec, held := requested.HoldBack(fed)
+	federates, held := identity.HoldBack(requested, fed)
+	spec := func() identity.Spec { return identity.SpecWith(e.cfg, ns, federates) }
 	var warnings []string
 	if len(held) > 0 {
 		e.metrics.federationHeldBack.Inc()
@@ -220,7 +230,7 @@ func (e *Ensurer) Serves(ns string) bool {
 	defer cancel()
 	return e.servesMeta(func() (*metav1.PartialObjectMetadata, error) {
 		m := namespaceMeta()
-		return m, e.reader.Get(ctx, types.NamespacedName{Name: ns}, m)
+		return m, e.reader.Get(ctx, types.NamespacedName{Name: ns}, m, client.UnsafeDisableDeepCopy)
 	})
 }
 
@@ -234,9 +244,9 @@ func (e *Ensurer) servesMeta(get func() (*metav1.PartialObjectMetadata, error)) 
 // identity; one that masks ours (identity.Registration.Masks: the same entry with another spec)
 // is a warning, since spire-controller-manager keeps the older one's spec. ZTWIM's fallback default
 // (fallback: true) yields to ours and is neither.
-func (e *Ensurer) checkOthers(ctx context.Context, ns string, pod *corev1.Pod, getNamespace func() (*metav1.PartialObjectMetadata, error), ours identity.Spec, oursCreated time.Time, oursUID string) ([]string, error) {
+func (e *Ensurer) checkOthers(ctx context.Context, ns string, pod *corev1.Pod, getNamespace func() (*metav1.PartialObjectMetadata, error), ours func() identity.Spec, oursCreated time.Time, oursUID string) ([]string, error) {
 	var others spirev1alpha1.ClusterSPIFFEIDList
-	if err := e.reader.List(ctx, &others, client.MatchingFields{ManagedIndex: "false"}, client.UnsafeDisableDeepCopy); err != nil {
+	if err := e.reader.List(ctx, &others, unmanaged, client.UnsafeDisableDeepCopy); err != nil {
 		if meta.IsNoMatchError(err) {
 			return nil, crdMissing(ns, identity.Name(ns), err)
 		}
@@ -254,6 +264,7 @@ func (e *Ensurer) checkOthers(ctx context.Context, ns string, pod *corev1.Pod, g
 		return labels.Set(m.Labels), nil
 	}
 	var warnings []string
+	var oursSpec *identity.Spec // built once, for the first registration of the class
 	for i := range others.Items {
 		o := &others.Items[i]
 		if o.Spec.ClassName != e.cfg.Registration.ClassName {
@@ -272,7 +283,11 @@ func (e *Ensurer) checkOthers(ctx context.Context, ns string, pod *corev1.Pod, g
 				Err: fmt.Errorf("ClusterSPIFFEID %s (className %q, not managed by spire-mesh-injector) already selects this pod with SPIFFE ID %q, not %q; give it fallback: true, narrow its selectors, or label the pod %s=%s",
 					o.Name, o.Spec.ClassName, c.Theirs, c.Ours, annotations.InjectionLabel, annotations.InjectionDisabled)}
 		}
-		mk, err := r.Masks(e.cfg, pod, nsLabels, ours, oursCreated, oursUID)
+		if oursSpec == nil {
+			s := ours()
+			oursSpec = &s
+		}
+		mk, err := r.Masks(e.cfg, pod, nsLabels, *oursSpec, oursCreated, oursUID)
 		if err != nil {
 			return nil, err
 		}

@@ -277,7 +277,7 @@ func (r *Reconciler) hasWiredPods(ctx context.Context, ns string) (bool, error) 
 // admission.
 func (r *Reconciler) coveringRegistration(ctx context.Context, nsMeta *metav1.PartialObjectMetadata) string {
 	var others spirev1alpha1.ClusterSPIFFEIDList
-	if err := r.client.List(ctx, &others, client.MatchingFields{ManagedIndex: "false"}, client.UnsafeDisableDeepCopy); err != nil {
+	if err := r.client.List(ctx, &others, unmanaged, client.UnsafeDisableDeepCopy); err != nil {
 		return ""
 	}
 	for i := range others.Items {

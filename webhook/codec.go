@@ -1,9 +1,12 @@
 package webhook
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -11,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/spire-mesh-injector/spire-mesh-injector/inject"
+	"github.com/spire-mesh-injector/spire-mesh-injector/jsonenc"
 )
 
 // The review codec: what the API server sends (an admission.k8s.io/v1 AdmissionReview) and what
@@ -67,10 +71,52 @@ func DecodeReview(body []byte) (*admissionv1.AdmissionReview, error) {
 	return review, nil
 }
 
-// EncodeResponse encodes resp in an admission.k8s.io/v1 AdmissionReview.
+// EncodeResponse encodes resp in an admission.k8s.io/v1 AdmissionReview, byte for byte as
+// encoding/json encodes it. The response every admission gives (uid, allowed, the patch and its
+// type, warnings) is written directly; one with a status or audit annotations (a denial, an
+// internal fault) goes through encoding/json.
 func EncodeResponse(resp *admissionv1.AdmissionResponse) ([]byte, error) {
-	return json.Marshal(&admissionv1.AdmissionReview{
-		TypeMeta: metav1.TypeMeta{APIVersion: reviewGV.String(), Kind: "AdmissionReview"},
-		Response: resp,
-	})
+	return AppendResponse(nil, resp)
 }
+
+// AppendResponse is EncodeResponse appending to dst.
+func AppendResponse(dst []byte, resp *admissionv1.AdmissionResponse) ([]byte, error) {
+	if resp.Result != nil || len(resp.AuditAnnotations) > 0 {
+		b, err := json.Marshal(&admissionv1.AdmissionReview{
+			TypeMeta: metav1.TypeMeta{APIVersion: reviewGV.String(), Kind: "AdmissionReview"},
+			Response: resp,
+		})
+		return append(dst, b...), err
+	}
+	n := len(responseHead) + len(resp.UID) + base64.StdEncoding.EncodedLen(len(resp.Patch)) + 64
+	for _, w := range resp.Warnings {
+		n += len(w) + 8
+	}
+	buf := append(slices.Grow(dst, n), responseHead...)
+	buf = jsonenc.AppendString(buf, string(resp.UID))
+	buf = append(buf, `,"allowed":`...)
+	buf = strconv.AppendBool(buf, resp.Allowed)
+	if len(resp.Patch) > 0 {
+		buf = append(buf, `,"patch":"`...)
+		buf = base64.StdEncoding.AppendEncode(buf, resp.Patch)
+		buf = append(buf, '"')
+	}
+	if resp.PatchType != nil {
+		buf = append(buf, `,"patchType":`...)
+		buf = jsonenc.AppendString(buf, string(*resp.PatchType))
+	}
+	if len(resp.Warnings) > 0 {
+		buf = append(buf, `,"warnings":[`...)
+		for i, w := range resp.Warnings {
+			if i > 0 {
+				buf = append(buf, ',')
+			}
+			buf = jsonenc.AppendString(buf, w)
+		}
+		buf = append(buf, ']')
+	}
+	return append(buf, "}}"...), nil
+}
+
+// responseHead is what every response review starts with, up to its response's uid.
+var responseHead = `{"kind":"AdmissionReview","apiVersion":"` + reviewGV.String() + `","response":{"uid":`

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -47,7 +48,8 @@ const RegistrationTimeout = 3 * time.Second
 // (registration.Ensurer). It is the handler's only side effect, skipped on dry runs.
 type Registrar interface {
 	// Ensure returns warnings for the pod's author (what the registration leaves out, or another
-	// registration that masks it), and an error when the registration could not be ensured.
+	// registration that masks it), and an error when the registration could not be ensured. pod,
+	// the wired pod, is read only and only during the call: its storage serves the next admission.
 	Ensure(ctx context.Context, namespace string, pod *corev1.Pod) ([]string, error)
 }
 
@@ -125,11 +127,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer h.inflight.Release(weight)
-	var buf bytes.Buffer
+	in, out := getBuffer(), getBuffer()
+	defer putBuffer(in)
+	defer putBuffer(out)
+	buf := bytes.NewBuffer((*in)[:0])
 	if r.ContentLength > 0 {
 		buf.Grow(int(r.ContentLength) + bytes.MinRead)
 	}
-	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, MaxRequestBytes)); err != nil {
+	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, MaxRequestBytes))
+	*in = buf.Bytes()
+	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			h.refuse(w, r, RefusedTooLarge, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", MaxRequestBytes))
@@ -138,13 +145,30 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.refuse(w, r, RefusedUnreadable, http.StatusBadRequest, "reading request body: "+err.Error())
 		return
 	}
-	out, err := h.Handle(r.Context(), buf.Bytes())
-	if err != nil {
+	if *out, err = h.AppendResponse(r.Context(), (*out)[:0], *in); err != nil {
 		h.refuse(w, r, RefusedNotAReview, http.StatusBadRequest, err.Error())
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	_, _ = w.Write(out)
+	_, _ = w.Write(*out)
+}
+
+// buffers holds request bodies and encoded responses for the next request to reuse: a review of
+// a typical pod is several kilobytes each way, every allocated byte costs the garbage collector
+// again, and neither outlives its request (decoding copies what it keeps).
+var buffers = sync.Pool{New: func() any { return new([]byte) }}
+
+// maxPooledBuffer bounds the buffers kept: one grown by an unusually large review is left to the
+// garbage collector rather than held.
+const maxPooledBuffer = 64 << 10
+
+func getBuffer() *[]byte { return buffers.Get().(*[]byte) }
+
+func putBuffer(b *[]byte) {
+	if cap(*b) <= maxPooledBuffer {
+		*b = (*b)[:0]
+		buffers.Put(b)
+	}
 }
 
 // Reasons a request is refused before a review could be answered (the requests_refused metric).
@@ -173,6 +197,12 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, reason string, 
 // Handle decodes one AdmissionReview body, reviews its request and returns the encoded response
 // review. An error means the body is not an admission.k8s.io/v1 AdmissionReview with a request.
 func (h *Handler) Handle(ctx context.Context, body []byte) ([]byte, error) {
+	return h.AppendResponse(ctx, nil, body)
+}
+
+// AppendResponse is Handle appending the response review to dst, as ServeHTTP does into a reused
+// buffer.
+func (h *Handler) AppendResponse(ctx context.Context, dst, body []byte) ([]byte, error) {
 	// A pod creation, as the API server sends it, is decoded in one pass with the pod decoded in
 	// place: decoding the review with the object kept raw and then the raw pod scans the pod's bytes
 	// four times (validate and skip within the review, validate and decode on their own), which was
@@ -181,13 +211,15 @@ func (h *Handler) Handle(ctx context.Context, body []byte) ([]byte, error) {
 	var fast podReview
 	if inject.Unmarshal(body, &fast) == nil && fast.ok() {
 		req := &fast.Request.AdmissionRequest
-		return EncodeResponse(h.decide(ctx, h.requestLog(req), req, fast.Request.Object))
+		resp, out := h.decide(ctx, h.requestLog(req), req, fast.Request.Object)
+		defer out.Release() // once the response, which carries its patch, is encoded
+		return AppendResponse(dst, resp)
 	}
 	review, err := DecodeReview(body)
 	if err != nil {
 		return nil, err
 	}
-	return EncodeResponse(h.Review(ctx, review.Request))
+	return AppendResponse(dst, h.Review(ctx, review.Request))
 }
 
 // Review decides one admission request.
@@ -206,14 +238,20 @@ func (h *Handler) Review(ctx context.Context, req *admissionv1.AdmissionRequest)
 	if err != nil {
 		return h.deny(log.with("pod", podName(req)), req, nil, "request.object: not a valid Pod: "+err.Error())
 	}
-	return h.decide(ctx, log, req, pod)
+	resp, _ := h.decide(ctx, log, req, pod) // never released: the response's patch stays valid
+	return resp
 }
 
-// decide wires pod, a pod being created, and answers its request.
-func (h *Handler) decide(ctx context.Context, log reqLog, req *admissionv1.AdmissionRequest, pod *corev1.Pod) *admissionv1.AdmissionResponse {
+// decide wires pod, a pod being created, and answers its request. The response's patch is the
+// outcome's: valid until the outcome is released.
+func (h *Handler) decide(ctx context.Context, log reqLog, req *admissionv1.AdmissionRequest, pod *corev1.Pod) (*admissionv1.AdmissionResponse, inject.Outcome) {
 	log = log.with("pod", podNameOf(pod))
-
 	out, err := inject.Pod(h.run, pod, req.Namespace)
+	return h.answer(ctx, log, req, pod, out, err), out
+}
+
+// answer is decide's response to the outcome of wiring pod.
+func (h *Handler) answer(ctx context.Context, log reqLog, req *admissionv1.AdmissionRequest, pod *corev1.Pod, out inject.Outcome, err error) *admissionv1.AdmissionResponse {
 	res, ops := out.Result, out.Ops
 	switch {
 	case err != nil && mutators.IsInvalid(err):

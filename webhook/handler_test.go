@@ -299,7 +299,7 @@ func (f *fakeRegistrar) Ensure(ctx context.Context, ns string, pod *corev1.Pod) 
 		return nil, errors.New("no deadline")
 	}
 	f.calls = append(f.calls, ns)
-	f.pods = append(f.pods, pod)
+	f.pods = append(f.pods, pod.DeepCopy()) // the pod is the handler's only during the call
 	return f.warnings, f.err
 }
 
