@@ -67,6 +67,9 @@ unit:
 	  NODE_ASSETS=$$node SMI_REQUIRE_NODE=1 && \
 	  $(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v '/test/suites/node$$') && \
 	  $(GO) test -count=1 -timeout 45m ./test/suites/node
+	@# Admissions reuse storage (the wired copy, the patch, request and response buffers): the
+	@# packages that share it across concurrent requests run again under the race detector.
+	$(GO) test -count=1 -race ./inject ./webhook ./server
 	@# Istio's own injector lives in its own module (it pins another controller-runtime): test it too.
 	cd test/istio && $(GO) test -count=1 ./...
 

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/go-logr/logr"
@@ -482,5 +483,51 @@ func TestOnePassDecodingAnswersAsTheGeneralPath(t *testing.T) {
 		}
 		general.Patch, fast.Patch = nil, nil
 		assert.Equal(t, general, fast, "request %d", i)
+	}
+}
+
+// TestConcurrentAdmissionsShareNothing: admissions reuse the storage of earlier ones (the wired
+// copy, its patch, the request and response buffers). Many at once, of different pods, each get
+// exactly the answer it gets alone (run under -race by make unit).
+func TestConcurrentAdmissionsShareNothing(t *testing.T) {
+	h, _ := newHandler(t, podtest.Config(t))
+	files, err := filepath.Glob(fixtures + "*.yaml")
+	require.NoError(t, err)
+	var names []string
+	var bodies, want [][]byte
+	for _, f := range files {
+		if strings.HasSuffix(f, ".golden.yaml") {
+			continue
+		}
+		names = append(names, filepath.Base(f))
+		js, _ := podtest.Load(t, f)
+		body := podtest.ReviewBody(t, podtest.Request("shop", js))
+		out, err := serveReview(h, body)
+		require.NoError(t, err)
+		bodies, want = append(bodies, body), append(want, bytes.Clone(out))
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 20 * len(bodies) {
+				k := (i*7 + g) % len(bodies)
+				out, err := serveReview(h, bodies[k])
+				if err == nil && !bytes.Equal(out, want[k]) {
+					err = fmt.Errorf("%s: answered\n%s\nalone it is\n%s", names[k], out, want[k])
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }
