@@ -105,13 +105,14 @@ bench:
 # (decode the review with its pod in one pass, encode an allowed response), round by round: the
 # test binary runs once per round, each run measuring the floor and the handler one after the
 # other (`-count 8` would run the floor 8 times and then the handler 8 times, and a shared
-# machine's drift between the two halves would fall on one side only).
-BENCH_ROUNDS ?= 8
+# machine's drift between the two halves would fall on one side only); 16 rounds of half a second
+# each, so that the medians stand on more rounds for the same time.
+BENCH_ROUNDS ?= 16
 bench-handler:
 	@mkdir -p bench-results && set -o pipefail && \
 	  $(GO) test -c -o bench-results/webhook.test ./webhook && : >bench-results/webhook.txt && \
 	  for _ in $$(seq $(BENCH_ROUNDS)); do \
-	    (cd webhook && ../bench-results/webhook.test -test.run '^$$' -test.bench '^BenchmarkAdmission$$' -test.benchmem -test.count 1) | \
+	    (cd webhook && ../bench-results/webhook.test -test.run '^$$' -test.bench '^BenchmarkAdmission$$' -test.benchmem -test.benchtime 0.5s -test.count 1) | \
 	      tee -a bench-results/webhook.txt || exit 1; \
 	  done && \
 	  $(GO) run ./test/bench/benchratio handler bench-results/webhook.txt | tee bench-results/$@.bench && \

@@ -356,6 +356,13 @@ func diffList[T any](ops *[]jsonpatch.Operation, path string, orig, mut []T, key
 	}
 	last, kept := -1, 0
 	for i := range mut {
+		if j := last + 1; j < len(orig) && sameBytes(&orig[j], &mut[i]) {
+			// An element the mutators left as it was, at the next position: the one its key would
+			// find (the first of the key after the last match), with nothing to diff.
+			matched[i], used[j], last = j, true, j
+			kept++
+			continue
+		}
 		j := next(key(&mut[i]), last)
 		matched[i] = j
 		if j < 0 {
