@@ -348,7 +348,8 @@ func diffList[T any](ops *[]jsonpatch.Operation, path string, orig, mut []T, key
 	// Lists of up to 64 elements (nearly all) are matched without allocating.
 	var matchedBuf [64]int
 	var usedBuf [64]bool
-	matched, used := matchedBuf[:0], usedBuf[:0]
+	var matched []int
+	var used []bool
 	if len(mut) > len(matchedBuf) || len(orig) > len(usedBuf) {
 		matched, used = make([]int, len(mut)), make([]bool, len(orig))
 	} else {
