@@ -132,6 +132,9 @@ var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 // usual is left to the garbage collector rather than held for the next admission.
 const maxScratchBytes = 256 << 10
 
+// maxScratchKeys bounds the labels or annotations a released scratch keeps a map for.
+const maxScratchKeys = 64
+
 // copyOf returns a copy of pod, in s's storage, that the chain may mutate while pod stays as it
 // arrived: the maps and slices mutators change (labels, annotations, volumes, containers and each
 // container's env and volume mounts) are copies, everything reached through a pointer is shared.
@@ -198,6 +201,14 @@ func copyMap(dst *map[string]string, src map[string]string) map[string]string {
 // write barrier while it marks, which is most of the time under load. Until then (or until the
 // garbage collector drops pooled objects, after two cycles) s keeps the last pod's strings alive.
 func (s *scratch) release() {
+	// A map keeps its size once grown, and clearing it costs as much: one grown by a pod with
+	// unusually many labels or annotations is left to the garbage collector.
+	if len(s.labels) > maxScratchKeys {
+		s.labels = nil
+	}
+	if len(s.annotations) > maxScratchKeys {
+		s.annotations = nil
+	}
 	size := cap(s.volumes)*int(unsafe.Sizeof(corev1.Volume{})) + cap(s.containers)*int(unsafe.Sizeof(corev1.Container{})) +
 		cap(s.env)*int(unsafe.Sizeof(corev1.EnvVar{})) + cap(s.mounts)*int(unsafe.Sizeof(corev1.VolumeMount{})) +
 		cap(s.ops)*int(unsafe.Sizeof(jsonpatch.Operation{})) + cap(s.patch)

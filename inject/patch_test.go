@@ -371,3 +371,19 @@ func TestCopyKeepsNilAndEmptyApart(t *testing.T) {
 	}
 	require.Len(t, pod.Spec.Containers[0].Env, 1)
 }
+
+// TestReleaseDropsGrownMaps: a scratch given back keeps its lists' storage up to a bound, and no
+// map grown by a pod with unusually many labels or annotations (a map never shrinks, and clearing
+// it for the next admission costs as much as its size).
+func TestReleaseDropsGrownMaps(t *testing.T) {
+	pod := &corev1.Pod{}
+	pod.Labels, pod.Annotations = map[string]string{"app": "a"}, map[string]string{}
+	for i := range maxScratchKeys + 1 {
+		pod.Annotations[fmt.Sprint("a", i)] = "v"
+	}
+	s := new(scratch)
+	s.copyOf(pod)
+	s.release()
+	require.NotNil(t, s.labels)
+	require.Nil(t, s.annotations)
+}

@@ -145,12 +145,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.refuse(w, r, RefusedUnreadable, http.StatusBadRequest, "reading request body: "+err.Error())
 		return
 	}
-	if *out, err = h.AppendResponse(r.Context(), (*out)[:0], *in); err != nil {
+	resp, err := h.AppendResponse(r.Context(), (*out)[:0], *in)
+	if err != nil {
 		h.refuse(w, r, RefusedNotAReview, http.StatusBadRequest, err.Error())
 		return
 	}
+	*out = resp
 	w.Header().Set("Content-Type", "application/json")
-	_, _ = w.Write(*out)
+	_, _ = w.Write(resp)
 }
 
 // buffers holds request bodies and encoded responses for the next request to reuse: a review of
