@@ -359,7 +359,10 @@ func TestLargeReviewsStayWithinTheMemoryLimit(t *testing.T) {
 	}
 	wg.Wait()
 	mem, err := proc.ReadMemory(srv.PID())
-	require.NoError(t, err)
+	if err != nil {
+		logged, _ := os.ReadFile(logPath)
+		t.Fatalf("the server is gone (%v); its log ends:\n%s", err, logged[max(0, len(logged)-8<<10):])
+	}
 	t.Logf("48 clients, 10 s of %.1f MiB reviews: %d answered, %d shed, %d other; RSS idle %s, peak %s, limit %s",
 		float64(len(body))/(1<<20), answered.Load(), shed.Load(), other.Load(), perf.MiB(idle.RSS), perf.MiB(mem.HWM), perf.MiB(limit))
 	assert.Less(t, mem.HWM, limit, "peak resident memory stays under the Deployment's memory limit")
